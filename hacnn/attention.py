@@ -1,0 +1,169 @@
+"""Harmonious Attention (paper Sec. 3.1).
+
+A Harmonious Attention (HA) module learns, from one level's features, two
+complementary kinds of attention:
+
+* **soft** pixel attention (Sec. 3.1-I) = spatial attention (Sec. 3.1-I.1,
+  one saliency map shared by all channels) x channel attention (Sec. 3.1-I.2,
+  squeeze-and-excitation), fused by a 1x1 conv and a sigmoid;
+* **hard** regional attention (Sec. 3.1-II): T translations (t_x, t_y) of
+  fixed-scale boxes, the parameters of a spatial transformer that crops T
+  horizontal stripes from the level's input for the local branch.
+
+Notebooks 01-04 build each of these inline and check them against this file.
+"""
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import ConvBlock
+
+
+class SoftSpatialAttention(nn.Module):
+    """Spatial attention (Sec. 3.1-I.1): one (H, W) map shared by all channels.
+
+    Cross-channel average -> 3x3 conv, stride 2 -> bilinear resize back to
+    (H, W) -> 1x1 "scaling" conv. Notebook 01.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = ConvBlock(1, 1, 3, s=2, p=1)
+        self.conv2 = ConvBlock(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.mean(1, keepdim=True)                  # (B, 1, H, W)
+        a = self.conv1(a)                            # (B, 1, H/2, W/2)
+        a = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return self.conv2(a)                         # (B, 1, H, W)
+
+
+class SoftChannelAttention(nn.Module):
+    """Channel attention (Sec. 3.1-I.2): squeeze-and-excitation, reduction r=16.
+
+    Global average pool -> 1x1 conv C->C/r -> 1x1 conv C/r->C. Notebook 02.
+    """
+
+    def __init__(self, in_channels: int, reduction: int = 16):
+        super().__init__()
+        if in_channels % reduction:
+            raise ValueError(f"in_channels={in_channels} not divisible by reduction={reduction}")
+        self.conv1 = ConvBlock(in_channels, in_channels // reduction, 1)
+        self.conv2 = ConvBlock(in_channels // reduction, in_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.mean((2, 3), keepdim=True)             # (B, C, 1, 1) squeeze
+        return self.conv2(self.conv1(a))             # (B, C, 1, 1) excitation
+
+
+class SoftAttention(nn.Module):
+    """Soft spatial-channel attention (Sec. 3.1-I): sigma(conv(S * C)).
+
+    The spatial map (B, 1, H, W) and channel weights (B, C, 1, 1) multiply to a
+    full (B, C, H, W) tensor, a 1x1 conv lets them interact, a sigmoid bounds it.
+    ``relu=True`` (torchreid's head: conv + BN + ReLU before the sigmoid) puts
+    the attention in [0.5, 1); ``relu=False`` (conv + BN + sigmoid) gives the
+    full (0, 1) range of the paper's description.
+    """
+
+    def __init__(self, in_channels: int, reduction: int = 16, relu: bool = True):
+        super().__init__()
+        self.spatial = SoftSpatialAttention()
+        self.channel = SoftChannelAttention(in_channels, reduction)
+        self.conv = ConvBlock(in_channels, in_channels, 1, act=relu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.spatial(x) * self.channel(x)        # (B, C, H, W)
+        return torch.sigmoid(self.conv(a))           # (B, C, H, W) in (0, 1)
+
+
+def stripe_translations(num_regions: int) -> torch.Tensor:
+    """Centres (t_x, t_y) of T equal horizontal stripes in [-1, 1] coordinates."""
+    ty = -1.0 + (2 * torch.arange(num_regions, dtype=torch.float64) + 1) / num_regions
+    return torch.stack([torch.zeros_like(ty), ty], dim=1).float()   # (T, 2)
+
+
+class HardRegionalAttention(nn.Module):
+    """Hard regional attention (Sec. 3.1-II): T box translations per image.
+
+    Global average pool -> linear -> tanh gives (t_x, t_y) in [-1, 1] for each
+    of T regions; the scales (s_w, s_h) are fixed, so each region is a
+    horizontal stripe (full width, 1/T height). The linear layer starts at
+    zero weights with a bias of atanh(stripe centre), so the regions start
+    exactly on the T stripes (torchreid's bias lacks the atanh, which starts
+    them at tanh(+-0.75) = +-0.64 instead). ``learnable=False`` keeps the
+    regions fixed on the stripes (the "no hard attention" ablation).
+    """
+
+    def __init__(self, in_channels: int, num_regions: int = 4,
+                 scale: tuple[float, float] = (1.0, 0.25), learnable: bool = True):
+        super().__init__()
+        self.num_regions = num_regions
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+        init = stripe_translations(num_regions)                       # (T, 2)
+        self.register_buffer("init_theta", init, persistent=False)
+        self.fc = nn.Linear(in_channels, 2 * num_regions) if learnable else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.fc is not None:
+            nn.init.zeros_(self.fc.weight)
+            with torch.no_grad():
+                self.fc.bias.copy_(torch.atanh(self.init_theta.clamp(-0.999, 0.999)).flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc is None:
+            return self.init_theta.expand(x.shape[0], -1, -1)          # (B, T, 2)
+        theta = torch.tanh(self.fc(x.mean((2, 3))))                    # (B, 2T)
+        return theta.view(x.shape[0], self.num_regions, 2)             # (B, T, 2)
+
+    def crop(self, x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Sample the T regions of every image as one (B*T) batch.
+
+        A spatial transformer with theta_t = [[s_w, 0, t_x], [0, s_h, t_y]]
+        samples each region at the input's resolution (bilinear, zero padding,
+        ``align_corners=False``), then a bilinear resize (``align_corners=True``)
+        brings it to the local stream's size. The T sampling grids are stacked
+        along the height so a single ``grid_sample`` serves all regions.
+        Returns (B*T, C, *size), images major, regions minor.
+        """
+        B, C, H, W = x.shape
+        T = theta.shape[1]
+        a = torch.diag_embed(self.scale).expand(B, T, 2, 2)           # (B, T, 2, 2)
+        aff = torch.cat([a, theta.float().unsqueeze(-1)], dim=-1)       # (B, T, 2, 3)
+        grid = F.affine_grid(aff.reshape(B * T, 2, 3), [B * T, C, H, W], align_corners=False)
+        grid = grid.view(B, T * H, W, 2)                                # (B, T*H, W, 2)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)                        # (B, C, T*H, W)
+        out = out.view(B, C, T, H, W).transpose(1, 2).reshape(B * T, C, H, W)
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=True)
+        return out.to(x.dtype)                                          # (B*T, C, h, w)
+
+    def boxes(self, theta: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Regions as (x0, y0, x1, y1) boxes in input-image pixels: (B, T, 4)."""
+        H, W = image_size
+        size = theta.new_tensor([W, H])
+        centre = (theta.float() + 1) / 2 * size                         # (B, T, 2)
+        half = self.scale.to(theta.device) * size / 2                   # (2,)
+        return torch.cat([centre - half, centre + half], dim=-1)
+
+
+class HarmoniousAttention(nn.Module):
+    """Harmonious Attention module (Sec. 3.1, Fig. 2): soft + hard attention.
+
+    Returns the soft attention (B, C, H, W) (``None`` when switched off) and
+    the hard-region translations (B, T, 2). Notebook 04.
+    """
+
+    def __init__(self, in_channels: int, num_regions: int = 4, scale=(1.0, 0.25),
+                 reduction: int = 16, soft: bool = True, hard: bool = True, relu: bool = True):
+        super().__init__()
+        self.soft = SoftAttention(in_channels, reduction, relu) if soft else None
+        self.hard = HardRegionalAttention(in_channels, num_regions, scale, learnable=hard)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        soft = self.soft(x) if self.soft is not None else None
+        return soft, self.hard(x)

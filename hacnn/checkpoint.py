@@ -1,0 +1,103 @@
+"""Safe, atomic checkpoint files.
+
+Loading always uses ``torch.load(..., weights_only=True)``: a file that needs
+arbitrary pickled objects (a crafted or foreign pickle) is refused with a
+clear error instead of being executed. Saving writes a temporary file in the
+same folder, fsyncs it and renames it over the target, so a crash or SIGKILL
+mid-write leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "hacnn"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, unsafe or does not fit the model."""
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` via a temp file + fsync + rename (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safe_load(path: str | Path, map_location="cpu"):
+    """Load a checkpoint with ``weights_only=True``; one clear error on any failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it needs objects that are not plain tensors/containers "
+            f"(weights_only=True rejected it). Only load checkpoints you trust; details: {e}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file): {e}") from None
+
+
+def model_state(obj: dict) -> tuple[dict, dict | None]:
+    """(state_dict, config dict or None) from any supported checkpoint layout.
+
+    Supported: hacnn checkpoints ``{"format": "hacnn", "model": ..., "config": ...}``,
+    torchreid checkpoints ``{"state_dict": ...}`` (converted), and bare state dicts
+    in either naming.
+    """
+    from .convert import from_torchreid
+
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a dict checkpoint, got {type(obj).__name__}")
+    if obj.get("format") == FORMAT:
+        return obj["model"], obj.get("config")
+    sd = obj.get("state_dict", obj)
+    keys = [k.removeprefix("module.") for k in sd]
+    if any(k.startswith(("inception1.", "ha1.")) for k in keys):
+        return from_torchreid(sd), None
+    if any(k.startswith("global_levels.") for k in keys):
+        return {k.removeprefix("module."): v for k, v in sd.items()}, None
+    raise CheckpointError("checkpoint holds no HA-CNN weights (neither hacnn nor torchreid names)")
+
+
+def load_model(path: str | Path, num_classes: int | None = None, **overrides):
+    """Build a :class:`hacnn.HACNN` from a checkpoint file (hacnn or torchreid)."""
+    from .config import HACNNConfig
+    from .model import HACNN
+
+    sd, cfg = model_state(safe_load(path))
+    config = HACNNConfig.from_dict(cfg) if cfg else HACNNConfig()
+    n_ckpt = int(sd["classifier_global.weight"].shape[0]) if "classifier_global.weight" in sd else None
+    model = HACNN(n_ckpt or num_classes, config=config, **overrides)
+    if num_classes is not None and n_ckpt is not None and num_classes != n_ckpt:
+        # Different identities: keep the backbone, start new classifiers.
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier_")}
+        model.reset_classifier(num_classes)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if unexpected or any(not k.startswith("classifier_") for k in missing):
+            raise CheckpointError(f"{path} does not fit HACNN: missing {missing}, unexpected {unexpected}")
+        return model
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit HACNN({model.config}): {e}") from None
+    return model

@@ -1,0 +1,27 @@
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+# Shared test data (real Market-1501 crops), beside the checkout: ../shared/data
+SHARED_DATA = Path(os.environ.get("HACNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    warnings.filterwarnings("ignore", module="torchreid")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "mini_market1501").is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,206 @@
+"""HA-CNN components and the full model: shapes, ranges, gradients, paths."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hacnn
+from hacnn import (HACNN, HACNNConfig, HardRegionalAttention, InceptionA, InceptionB,
+                   SoftAttention, SoftChannelAttention, SoftSpatialAttention)
+from hacnn.attention import stripe_translations
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 3, 160, 64, generator=g)
+
+
+def test_inception_shapes():
+    x = torch.randn(2, 32, 80, 32)
+    assert InceptionA(32, 128)(x).shape == (2, 128, 80, 32)
+    assert InceptionB(32, 128)(x).shape == (2, 128, 40, 16)
+
+
+def test_soft_attention_components_shapes_and_range():
+    x = torch.randn(4, 64, 20, 8)
+    assert SoftSpatialAttention()(x).shape == (4, 1, 20, 8)
+    assert SoftChannelAttention(64)(x).shape == (4, 64, 1, 1)
+    for relu, lo in ((True, 0.5), (False, 0.0)):
+        a = SoftAttention(64, relu=relu)(x)
+        assert a.shape == x.shape
+        assert a.min() >= lo and a.max() < 1
+        assert a.min() > 0
+    # without the ReLU the attention really uses the lower half of (0, 1)
+    assert SoftAttention(64, relu=False)(x).min() < 0.5
+
+
+def test_spatial_attention_is_shared_across_channels():
+    """Permuting channels must not change the spatial map (it averages over channels)."""
+    m = SoftSpatialAttention().eval()
+    x = torch.randn(2, 16, 10, 4)
+    torch.testing.assert_close(m(x), m(x[:, torch.randperm(16)]))
+
+
+def test_hard_attention_starts_on_the_four_stripes():
+    ha = HardRegionalAttention(64, num_regions=4)
+    theta = ha(torch.randn(3, 64, 10, 4))
+    expected = torch.tensor([[0.0, -0.75], [0.0, -0.25], [0.0, 0.25], [0.0, 0.75]])
+    torch.testing.assert_close(theta, expected.expand(3, 4, 2), atol=1e-6, rtol=0)
+    boxes = ha.boxes(theta, (160, 64))[0]
+    torch.testing.assert_close(boxes, torch.tensor(
+        [[0.0, 0, 64, 40], [0, 40, 64, 80], [0, 80, 64, 120], [0, 120, 64, 160]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(stripe_translations(2), torch.tensor([[0.0, -0.5], [0.0, 0.5]]))
+
+
+def test_batched_crop_equals_per_region_spatial_transformer():
+    """One grid_sample over stacked grids == T separate spatial transformers (reference)."""
+    ha = HardRegionalAttention(8, num_regions=4)
+    x = torch.randn(3, 8, 20, 8)
+    theta = torch.rand(3, 4, 2) * 1.6 - 0.8
+    out = ha.crop(x, theta, (6, 7)).view(3, 4, 8, 6, 7)
+    for t in range(4):
+        aff = torch.zeros(3, 2, 3)
+        aff[:, 0, 0], aff[:, 1, 1] = 1.0, 0.25
+        aff[:, :, 2] = theta[:, t]
+        grid = F.affine_grid(aff, list(x.shape), align_corners=False)
+        ref = F.interpolate(F.grid_sample(x, grid, align_corners=False), (6, 7),
+                            mode="bilinear", align_corners=True)
+        torch.testing.assert_close(out[:, t], ref, atol=1e-6, rtol=0)
+
+
+def test_crop_of_stripe_reads_the_right_rows():
+    """Hand-worked: an image whose value is its row's stripe index crops to constants."""
+    ha = HardRegionalAttention(1, num_regions=4)
+    rows = torch.arange(80).div(20, rounding_mode="floor").float()       # stripe id per row
+    x = rows.view(1, 1, 80, 1).expand(1, 1, 80, 32).contiguous()
+    crops = ha.crop(x, stripe_translations(4).unsqueeze(0), (24, 28))     # (4, 1, 24, 28)
+    for t in range(4):
+        # away from the stripe borders the crop sees only stripe t
+        torch.testing.assert_close(crops[t, 0, 2:-2], torch.full((20, 28), float(t)))
+
+
+def test_model_outputs_and_feature_dim(batch):
+    m = HACNN(7)
+    out = m(batch)
+    assert isinstance(out, hacnn.HACNNOutput)
+    assert out.global_logits.shape == out.local_logits.shape == (6, 7)
+    assert out.global_features.shape == out.local_features.shape == (6, 512)
+    m.eval()
+    f = m(batch)
+    assert f.shape == (6, 1024) and m.feature_dim == 1024
+    # each half is L2-normalised
+    torch.testing.assert_close(f[:, :512].norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(f[:, 512:].norm(dim=1), torch.ones(6))
+
+
+def test_every_parameter_gets_a_gradient(batch):
+    m = HACNN(5)
+    out = m(batch)
+    y = torch.arange(6) % 5
+    (F.cross_entropy(out.global_logits, y) + F.cross_entropy(out.local_logits, y)).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_local_loss_reaches_global_attention(batch):
+    """CAIL: the local loss alone trains the global stream's hard attention (Sec. 3.2)."""
+    m = HACNN(5)
+    F.cross_entropy(m(batch).local_logits, torch.arange(6) % 5).backward()
+    assert m.attention[1].hard.fc.weight.grad.abs().sum() > 0
+    assert m.global_levels[0][0].stream1[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_eval_is_deterministic_and_batch_independent(batch):
+    m = HACNN(5).eval()
+    with torch.no_grad():
+        full = m(batch)
+        torch.testing.assert_close(m(batch), full, atol=0, rtol=0)
+        torch.testing.assert_close(m(batch[:2]), full[:2], atol=1e-5, rtol=0)
+        torch.testing.assert_close(m(batch[5:]), full[5:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw,dim", [
+    (dict(local_branch=False), 512),
+    (dict(soft_attention=False), 1024),
+    (dict(hard_attention=False), 1024),
+    (dict(cross_attention=False), 1024),
+    (dict(attention_relu=False), 1024),
+])
+def test_ablation_variants(batch, kw, dim):
+    m = HACNN(5, **kw)
+    out = m(batch[:2])
+    assert (out.local_logits is None) == (not m.config.local_branch)
+    assert m.eval()(batch[:2]).shape == (2, dim)
+    # no parameter is left without a role
+    out = m.train()(batch[:4])
+    loss = sum(F.cross_entropy(o, torch.arange(4)) for o in (out.global_logits, out.local_logits) if o is not None)
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_config_and_input_errors():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        HACNNConfig(input_size=(150, 64))
+    with pytest.raises(ValueError, match="num_classes"):
+        HACNN(0)
+    with pytest.raises(ValueError, match=r"\(B, 3, 160, 64\)"):
+        HACNN(3).eval()(torch.randn(1, 3, 128, 64))
+    cfg = HACNN(3, feat_dim=256).config
+    assert HACNNConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_explain_returns_maps_and_boxes(batch):
+    m = HACNN(5).eval()
+    levels = m.explain(batch[:2])
+    assert [lv.soft.shape[1:] for lv in levels] == [(40, 16), (20, 8), (10, 4)]
+    assert all(lv.boxes.shape == (2, 4, 4) for lv in levels)
+    assert all(((lv.soft > 0) & (lv.soft < 1)).all() for lv in levels)
+    torch.testing.assert_close(levels[0].boxes[0, :, 1], torch.tensor([0.0, 40, 80, 120]), atol=1e-4, rtol=0)
+    assert not m.training
+
+
+def test_size_matches_paper():
+    """~2.7 M parameters without classifiers (+-10 %), 1.09 GFLOPs (+-5 %) at 1x3x160x64."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = HACNN(751).eval()
+    n = sum(p.numel() for k, p in m.named_parameters() if not k.startswith("classifier"))
+    assert abs(n / 2.7e6 - 1) < 0.10, n
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m(torch.randn(1, 3, 160, 64))
+    assert abs(fc.get_total_flops() / 1.09e9 - 1) < 0.05, fc.get_total_flops()
+
+
+def test_bf16_autocast_and_channels_last(batch):
+    m = HACNN(5).eval()
+    with torch.no_grad():
+        ref = m(batch)
+        m_cl = m.to(memory_format=torch.channels_last)
+        cl = m_cl(batch.to(memory_format=torch.channels_last))
+        torch.testing.assert_close(cl, ref, atol=1e-4, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf = m(batch)
+    assert bf.shape == ref.shape
+    cos = F.cosine_similarity(bf.float(), ref, dim=1)
+    assert cos.min() > 0.98, cos
+
+
+def test_torch_export_of_eval_model(batch):
+    m = HACNN(5).eval()
+    ep = torch.export.export(m, (batch[:2],))
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(batch[:2]), m(batch[:2]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_fp16_autocast(batch):
+    m = HACNN(5).cuda().eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        f = m(batch.cuda())
+    ref = HACNN(5).eval()
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        cos = F.cosine_similarity(f.float().cpu(), ref(batch), dim=1)
+    assert cos.min() > 0.99
