@@ -1,0 +1,152 @@
+"""Image reading, the image Dataset and the train / test DataLoaders.
+
+Reading is strict: an image that cannot be decoded (missing, zero bytes,
+truncated, not an image) raises :class:`ImageReadError` naming its path, in
+the main process or, re-raised by the DataLoader, from a worker.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torchvision.transforms import v2
+
+from .base import Item, ReIDDataset
+from .sampler import RandomIdentitySampler
+from .transforms import build_transforms
+
+
+class ImageReadError(OSError):
+    """An image file could not be read; the message names the file."""
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Decode ``path`` fully into an RGB PIL image.
+
+    Grayscale, RGBA, palette and CMYK images become RGB (a palette with
+    transparency goes through RGBA, as Pillow advises).
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: truncated data fails here, not later
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        reason = "empty file (0 bytes)" if _is_empty(path) else f"{type(err).__name__}: {err}"
+        raise ImageReadError(f"cannot read image {str(path)!r}: {reason}") from err
+
+
+def _is_empty(path: str | os.PathLike) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
+
+
+def _to_tensor() -> v2.Compose:
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
+class ImageDataset(Dataset):
+    """``(path, pid, camid)`` items -> ``(image, pid, camid, path)`` samples.
+
+    ``transform`` maps an RGB PIL image to a tensor (default: a float tensor
+    in [0, 1] at the image's own size). With a ``seed``, random transforms
+    draw from a private stream seeded by it (reseeded per DataLoader worker
+    by :func:`seed_worker`), so augmentation neither depends on nor disturbs
+    the global torch RNG.
+    """
+
+    def __init__(self, items: Sequence[Item], transform: Callable | None = None,
+                 seed: int | None = None) -> None:
+        self.items = list(items)
+        self.transform = transform if transform is not None else _to_tensor()
+        self.generator: torch.Generator | None = None
+        if seed is not None:
+            self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the private augmentation stream from ``seed``."""
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+        path, pid, camid = self.items[index]
+        image = read_image(path)
+        if self.generator is None:
+            return self.transform(image), pid, camid, path
+        seed = int(torch.randint(2**62, (), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), pid, camid, path
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a distinct augmentation stream per worker.
+
+    PyTorch seeds ``random``, ``numpy`` and ``torch`` in each worker from the
+    loader's generator (``base_seed + worker_id``); this reseeds the
+    dataset's private stream from the same seed.
+    """
+    info = get_worker_info()
+    if info is not None and isinstance(info.dataset, ImageDataset) and info.dataset.generator is not None:
+        info.dataset.reseed(info.seed)
+
+
+def default_workers() -> int:
+    """Loader processes: one core left to the training process, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def _items(dataset: ReIDDataset | Sequence[Item], split: str) -> list[Item]:
+    return list(getattr(dataset, split) if hasattr(dataset, split) else dataset)
+
+
+def _loader(data: ImageDataset, batch_size: int, workers: int | None, seed: int,
+            persistent: bool, **kwargs) -> DataLoader:
+    workers = default_workers() if workers is None else workers
+    return DataLoader(data, batch_size=batch_size, num_workers=workers,
+                      persistent_workers=persistent and workers > 0, pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
+                      **kwargs)
+
+
+def build_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size: int = 32,
+                       num_instances: int = 4, *, height: int = 160, width: int = 64,
+                       transform: Callable | None = None, workers: int | None = None,
+                       seed: int = 0, **transform_kwargs) -> DataLoader:
+    """Training batches of P = batch_size / num_instances ids x K images.
+
+    ``dataset`` is a reader (its ``.train`` is used) or a list of items.
+    ``transform`` defaults to ``build_transforms(height, width, train=True,
+    **transform_kwargs)``. Workers persist across epochs. The sampler is reachable as ``loader.sampler``
+    (``loader.sampler.set_epoch(e)`` pins an epoch's order). With the same
+    ``seed`` and ``workers``, batches and augmentations repeat exactly.
+    """
+    items = _items(dataset, "train")
+    if transform is None:
+        transform = build_transforms(height, width, train=True, **transform_kwargs)
+    sampler = RandomIdentitySampler(items, batch_size, num_instances, seed=seed)
+    return _loader(ImageDataset(items, transform, seed=seed), batch_size, workers, seed,
+                   persistent=True, sampler=sampler, drop_last=True)
+
+
+def build_test_loaders(dataset: ReIDDataset, batch_size: int = 128, *, height: int = 160,
+                       width: int = 64, transform: Callable | None = None,
+                       workers: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """``(query_loader, gallery_loader)`` in the lists' order, eval transform.
+
+    Workers are not persistent: evaluation runs now and then, and idle
+    worker processes would hold memory in between.
+    """
+    if transform is None:
+        transform = build_transforms(height, width, train=False)
+    return tuple(_loader(ImageDataset(_items(dataset, split), transform), batch_size,
+                         workers, 0, persistent=False, shuffle=False)
+                 for split in ("query", "gallery"))

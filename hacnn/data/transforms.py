@@ -1,0 +1,40 @@
+"""Image transforms for HA-CNN: 160x64 inputs, light augmentation.
+
+HA-CNN trains from scratch with little augmentation (Li, Zhu & Gong, CVPR
+2018): horizontal flip and a small translation (pad 10 pixels, random crop
+back to size), optionally random erasing (Zhong et al., AAAI 2020).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_transforms(height: int = 160, width: int = 64, train: bool = True, *,
+                     flip: bool = True, pad_crop: bool = True, pad: int = 10,
+                     random_erasing: bool = False, normalize: bool = True,
+                     mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """PIL image (or uint8 tensor) -> float tensor ``(3, height, width)``.
+
+    The eval transform (``train=False``) only resizes and normalises, so it
+    is deterministic; the train transform adds ``flip``, ``pad_crop`` (pad
+    ``pad`` pixels with zeros, then crop a random ``height x width`` window)
+    and ``random_erasing``. Values lie in [0, 1] before normalisation.
+    """
+    steps: list = [v2.ToImage(), v2.Resize((height, width), antialias=True)]
+    if train and flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if train and pad_crop and pad > 0:
+        steps += [v2.Pad(pad), v2.RandomCrop((height, width))]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if normalize:
+        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+    if train and random_erasing:
+        steps.append(v2.RandomErasing(p=0.5, value=0))
+    return v2.Compose(steps)
