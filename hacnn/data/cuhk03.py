@@ -201,7 +201,7 @@ class CUHK03(ReIDDataset):
     def expected_counts(self) -> Mapping[str, int]:
         if self.split == "new":
             return CUHK03_NEW_COUNTS[self.kind]
-        return {**CUHK03_CLASSIC_COUNTS, "train_ids": self.num_ids - 100}
+        return CUHK03_CLASSIC_COUNTS
 
     def _read_np_release(self, folder: Path) -> tuple[list[Item], list[Item], list[Item]]:
         parse = regex_parser(NP_PATTERN)
@@ -276,7 +276,6 @@ class CUHK03(ReIDDataset):
         if not 0 <= self.split_id < len(raw.testsets):
             raise ValueError(f"split_id must be in 0..{len(raw.testsets) - 1}, got {self.split_id}")
         offsets = np.cumsum([0, *raw.persons])  # pid = offset of the pair + person
-        self.num_ids = int(offsets[-1])
         test = {(int(p), int(q)) for p, q in raw.testsets[self.split_id]}
         train, tests = [], []
         for pair, person, name in raw.boxes:
