@@ -86,6 +86,34 @@ def stripe_translations(num_regions: int) -> torch.Tensor:
     return torch.stack([torch.zeros_like(ty), ty], dim=1).float()   # (T, 2)
 
 
+def _linear_weights(p: torch.Tensor, n: int) -> torch.Tensor:
+    """Bilinear weights of source coordinates p (..., m) over n pixels: (..., m, n), zero outside."""
+    i0 = p.floor()
+    w1 = (p - i0).unsqueeze(-1)
+    d = torch.arange(n, device=p.device, dtype=p.dtype) - i0.unsqueeze(-1)
+    return (d == 0) * (1 - w1) + (d == 1) * w1
+
+
+def region_matrices(t: torch.Tensor, s: float, n: int, m: int) -> torch.Tensor:
+    """Interpolation matrices of one axis of the hard-attention crop: (B, T, m, n).
+
+    ``t`` (B, T) are the translations, ``s`` the fixed scale, ``n`` the input
+    size and ``m`` the crop size. Row i of the result holds the weights with
+    which crop pixel i mixes the n input pixels: first the spatial transformer
+    (output pixel r of n samples normalised coordinate s*((2r+1)/n - 1) + t,
+    ``align_corners=False``, zero padding), then the resize of n -> m pixels
+    (``align_corners=True``). Built in float64 so that the product is exact
+    to float32 rounding.
+    """
+    t = t.double()
+    r = torch.arange(n, device=t.device, dtype=torch.float64)
+    coord = s * ((2 * r + 1) / n - 1) + t.unsqueeze(-1)                 # (B, T, n) in [-1, 1]
+    stn = _linear_weights(((coord + 1) * n - 1) / 2, n)                 # (B, T, n, n)
+    u = torch.arange(m, device=t.device, dtype=torch.float64) * ((n - 1) / max(m - 1, 1))
+    resize = _linear_weights(u, n)                                      # (m, n)
+    return (resize @ stn).float()                                       # (B, T, m, n)
+
+
 class HardRegionalAttention(nn.Module):
     """Hard regional attention (Sec. 3.1-II): T box translations per image.
 
@@ -102,7 +130,7 @@ class HardRegionalAttention(nn.Module):
                  scale: tuple[float, float] = (1.0, 0.25), learnable: bool = True):
         super().__init__()
         self.num_regions = num_regions
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+        self.scale = (float(scale[0]), float(scale[1]))                 # (s_w, s_h), fixed
         init = stripe_translations(num_regions)                       # (T, 2)
         self.register_buffer("init_theta", init, persistent=False)
         self.fc = nn.Linear(in_channels, 2 * num_regions) if learnable else None
@@ -121,33 +149,32 @@ class HardRegionalAttention(nn.Module):
         return theta.view(x.shape[0], self.num_regions, 2)             # (B, T, 2)
 
     def crop(self, x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Sample the T regions of every image as one (B*T) batch.
+        """Crop the T regions of every image: (B, C, H, W) -> (B*T, C, *size).
 
-        A spatial transformer with theta_t = [[s_w, 0, t_x], [0, s_h, t_y]]
-        samples each region at the input's resolution (bilinear, zero padding,
-        ``align_corners=False``), then a bilinear resize (``align_corners=True``)
-        brings it to the local stream's size. The T sampling grids are stacked
-        along the height so a single ``grid_sample`` serves all regions.
-        Returns (B*T, C, *size), images major, regions minor.
+        Computes exactly what torchreid does region by region -- a spatial
+        transformer with theta_t = [[s_w, 0, t_x], [0, s_h, t_y]] sampled at
+        the input's resolution (bilinear, zero padding, ``align_corners=False``)
+        followed by a bilinear resize to ``size`` (``align_corners=True``) --
+        but for all regions at once and without the full-resolution
+        intermediate: with no rotation both steps are separable linear maps,
+        so each crop is ``A_y @ X @ A_x^T`` with small (size x H) and
+        (size x W) interpolation matrices (:func:`region_matrices`). Gradients
+        reach theta through the interpolation weights, as in ``grid_sample``.
+        Rows of the result: images major, regions minor.
         """
         B, C, H, W = x.shape
-        T = theta.shape[1]
-        a = torch.diag_embed(self.scale).expand(B, T, 2, 2)           # (B, T, 2, 2)
-        aff = torch.cat([a, theta.float().unsqueeze(-1)], dim=-1)       # (B, T, 2, 3)
-        grid = F.affine_grid(aff.reshape(B * T, 2, 3), [B * T, C, H, W], align_corners=False)
-        grid = grid.view(B, T * H, W, 2)                                # (B, T*H, W, 2)
-        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)                        # (B, C, T*H, W)
-        out = out.view(B, C, T, H, W).transpose(1, 2).reshape(B * T, C, H, W)
-        out = F.interpolate(out, size=size, mode="bilinear", align_corners=True)
-        return out.to(x.dtype)                                          # (B*T, C, h, w)
+        with torch.autocast(x.device.type, enabled=False):
+            a_y = region_matrices(theta[..., 1], self.scale[1], H, size[0])   # (B, T, h, H)
+            a_x = region_matrices(theta[..., 0], self.scale[0], W, size[1])   # (B, T, w, W)
+            out = torch.einsum("bthy,bcyx,btwx->btchw", a_y, x.float(), a_x)        # (B, T, C, h, w)
+        return out.reshape(B * theta.shape[1], C, *size).to(x.dtype)
 
     def boxes(self, theta: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Regions as (x0, y0, x1, y1) boxes in input-image pixels: (B, T, 4)."""
         H, W = image_size
         size = theta.new_tensor([W, H])
         centre = (theta.float() + 1) / 2 * size                         # (B, T, 2)
-        half = self.scale.to(theta.device) * size / 2                   # (2,)
+        half = theta.new_tensor(self.scale) * size / 2                  # (2,)
         return torch.cat([centre - half, centre + half], dim=-1)
 
 
