@@ -1,0 +1,391 @@
+"""Training HA-CNN: optimiser and schedule, AMP, checkpoints, exact resume, logs.
+
+The model is trained from scratch on the identity cross-entropy of both
+heads (paper Sec. 3.3, :mod:`hacnn.losses`). The paper's optimiser settings
+were not published; :data:`hacnn.config.RECIPES` holds two known working
+recipes and :class:`hacnn.config.TrainConfig` explains the default (Adam).
+
+A run folder holds ``last.pth`` (written after every epoch), ``best.pth``
+(best mAP so far), ``log.csv`` and ``log.json``. Checkpoints are written
+atomically and carry everything a run needs to continue bit for bit on the
+same machine: model, optimiser, scheduler, grad scaler, the torch / numpy /
+python RNG states, the data loader's generators and sampler epoch, and the
+history. They load with ``weights_only=True``, so every state is stored as
+tensors and plain Python values.
+
+Exact resumption holds for loaders whose randomness lives in the main
+process (``workers=0``) or is a function of ``(seed, epoch)`` (the identity
+sampler); augmentation streams held inside persistent worker processes
+cannot be saved and restart on resume.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, safe_load
+from .config import TrainConfig
+from .logging_utils import CSV_NAME, EVAL_COLUMNS, JSON_NAME, rss_mb, write_logs
+from .losses import HACNNLoss
+
+LAST, BEST = "last.pth", "best.pth"
+RUN_FILES = (LAST, BEST, CSV_NAME, JSON_NAME)
+_AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; training stopped, ``last.pth`` kept."""
+
+
+class RunExistsError(FileExistsError):
+    """The output folder already holds a run (resume it or force an overwrite)."""
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` picks CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch (all devices); ``deterministic`` pins cuDNN algorithms.
+
+    On CPU, training is then bitwise reproducible for a fixed thread count.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool = False) -> Path:
+    """Check ``out_dir`` before a run: never overwrite a run without ``resume`` or ``force``.
+
+    ``resume`` needs ``out_dir/last.pth``; ``force`` deletes the previous
+    run's files (only those: other files in the folder are left alone).
+    """
+    out = Path(out_dir)
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if resume:
+        if not (out / LAST).is_file():
+            raise FileNotFoundError(f"cannot resume: {str(out)!r} holds no {LAST}")
+        return out
+    if existing and not force:
+        raise RunExistsError(
+            f"output folder {str(out)!r} already holds a run ({', '.join(existing)}); "
+            "pass --resume to continue it or --force to overwrite it")
+    for name in existing:
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum) or Adam (beta1 = ``cfg.momentum``) with L2 weight decay, as torchreid."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """Step decay: lr x ``gamma`` after each of ``cfg.milestone_epochs`` (stepped per epoch)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestone_epochs, cfg.gamma)
+
+
+def make_evaluator(query_loader, gallery_loader, *, device=None, flip: bool = False,
+                   rerank: bool = False, protocol: str = "market",
+                   progress: bool = False) -> Callable[[nn.Module], dict]:
+    """``model -> metrics dict`` (Rank-k, mAP, mINP) on a query/gallery split."""
+    from .evaluation import evaluate_model
+
+    def evaluate(model: nn.Module) -> dict:
+        return evaluate_model(model, query_loader, gallery_loader, device=device, flip=flip,
+                              rerank=rerank, protocol=protocol, progress=progress).row()
+    return evaluate
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+def get_rng_state() -> dict:
+    """torch (CPU + CUDA), numpy and python RNG states as tensors and plain values."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+
+
+def _generators(loader) -> dict[str, torch.Generator]:
+    """The torch generators a loader draws from (its own, its sampler's, its dataset's)."""
+    owners = {"loader": loader, "sampler": getattr(loader, "sampler", None),
+              "dataset": getattr(loader, "dataset", None)}
+    return {name: obj.generator for name, obj in owners.items()
+            if isinstance(getattr(obj, "generator", None), torch.Generator)}
+
+
+def get_data_state(loader) -> dict:
+    """Generator states and the sampler's ``(epoch, seed)`` of a training loader."""
+    sampler = getattr(loader, "sampler", None)
+    state = {"generators": {k: g.get_state() for k, g in _generators(loader).items()}}
+    if hasattr(sampler, "set_epoch"):
+        state["sampler"] = {"epoch": int(getattr(sampler, "epoch", 0)),
+                            "seed": int(getattr(sampler, "seed", 0))}
+    return state
+
+
+def set_data_state(loader, state: dict) -> None:
+    """Inverse of :func:`get_data_state` (generators missing on either side are skipped)."""
+    for name, gen in _generators(loader).items():
+        if name in state["generators"]:
+            gen.set_state(state["generators"][name])
+    sampler = getattr(loader, "sampler", None)
+    if "sampler" in state and hasattr(sampler, "set_epoch"):
+        if hasattr(sampler, "seed"):
+            sampler.seed = state["sampler"]["seed"]
+        sampler.set_epoch(state["sampler"]["epoch"])
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Train an :class:`hacnn.HACNN` (paper Sec. 3.3: cross-entropy on both heads).
+
+    Args:
+        model: the network (moved to ``device``).
+        train_loader: batches ``(images, pids, ...)``; a sampler with
+            ``set_epoch`` gets the epoch number before each epoch.
+        config: :class:`TrainConfig` (recipe, schedule, AMP, seed, ...).
+        out_dir: run folder for checkpoints and logs.
+        evaluator: ``model -> dict`` with at least ``"mAP"`` (see
+            :func:`make_evaluator`); run every ``config.eval_every`` epochs
+            and after the last; ``best.pth`` follows its mAP.
+        device: ``torch.device`` or string; None = CUDA if available.
+        progress: tqdm bars and one summary line per epoch.
+        overwrite: allow a fresh run over a folder that holds one.
+
+    ``fit()`` seeds everything from ``config.seed`` (unless resumed) and
+    trains to ``config.epochs``; ``resume()`` restores a ``last.pth``.
+    """
+
+    def __init__(self, model: nn.Module, train_loader, config: TrainConfig | None = None,
+                 out_dir: str | Path = "runs/hacnn", *, evaluator: Callable | None = None,
+                 device: str | torch.device | None = None, progress: bool = True,
+                 overwrite: bool = False):
+        self.config = cfg = config or TrainConfig()
+        self.device = resolve_device(device)
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"amp='fp16' needs a CUDA device (got {self.device}); use amp='bf16' on CPU")
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.train_loader = train_loader
+        self.out_dir = Path(out_dir)
+        self.evaluator = evaluator
+        self.progress = progress
+        self.overwrite = overwrite
+        self.criterion = HACNNLoss(cfg.label_smoothing)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.amp_dtype = _AMP_DTYPES[cfg.amp]
+        self.epoch = 0                      # completed epochs
+        self.history: list[dict] = []
+        self.best_map = -math.inf
+        self.best_epoch: int | None = None
+        self._resumed = False
+
+    # -- one epoch ----------------------------------------------------------
+
+    def train_epoch(self) -> dict:
+        """One pass over the training loader; returns the epoch's log row (no eval)."""
+        cfg, dev = self.config, self.device
+        epoch = self.epoch + 1
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        n = 0
+        loss_sum = loss_g_sum = loss_l_sum = correct_g = correct_l = 0.0
+        start = time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=not self.progress, dynamic_ncols=True)
+        for it, batch in enumerate(bar, 1):
+            images = batch[0].to(dev, non_blocking=True, memory_format=self.memory_format)
+            pids = torch.as_tensor(batch[1]).to(dev, non_blocking=True)   # (B,)
+            with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.model(images)                                    # HACNNOutput
+            loss = self.criterion(out, pids)
+            total = loss.total.item()
+            if not math.isfinite(total):
+                self._stop(f"non-finite loss ({total}) at epoch {epoch}, iteration {it}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss.total).backward()
+            if cfg.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if not self.scaler.is_enabled() and not torch.isfinite(norm):
+                    self._stop(f"non-finite gradient norm ({norm.item()}) at epoch {epoch}, iteration {it}")
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            b = len(pids)
+            n += b
+            loss_sum += total * b
+            loss_g_sum += loss.global_loss.item() * b
+            correct_g += (out.global_logits.argmax(1) == pids).sum().item()
+            if loss.local_loss is not None:
+                loss_l_sum += loss.local_loss.item() * b
+                correct_l += (out.local_logits.argmax(1) == pids).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct_g / n:.1f}%", refresh=False)
+        if n == 0:
+            raise ValueError("the training loader yielded no batch (fewer images than one batch?)")
+        elapsed = time.perf_counter() - start
+        has_local, nan = loss.local_loss is not None, float("nan")
+        return {"epoch": epoch, "loss": loss_sum / n, "loss_global": loss_g_sum / n,
+                "loss_local": loss_l_sum / n if has_local else nan,
+                "acc_global": correct_g / n, "acc_local": correct_l / n if has_local else nan,
+                "lr": lr, "epoch_time_s": elapsed, "images_per_s": n / elapsed, "rss_mb": rss_mb()}
+
+    def evaluate(self) -> dict:
+        """Run the evaluator; returns the evaluation columns of the log."""
+        if self.evaluator is None:
+            raise ValueError("Trainer has no evaluator (pass evaluator=make_evaluator(...))")
+        start = time.perf_counter()
+        metrics = self.evaluator(self.model)
+        metrics = metrics.row() if hasattr(metrics, "row") else dict(metrics)
+        self.model.train()
+        row = {k: float(metrics[k]) for k in EVAL_COLUMNS if k in metrics}
+        row["eval_time_s"] = time.perf_counter() - start
+        return row
+
+    # -- the run ------------------------------------------------------------
+
+    def _should_eval(self, epoch: int) -> bool:
+        every = self.config.eval_every
+        return self.evaluator is not None and every > 0 and (epoch % every == 0 or epoch == self.config.epochs)
+
+    def fit(self) -> list[dict]:
+        """Train from ``self.epoch`` to ``config.epochs``; returns the per-epoch history."""
+        cfg = self.config
+        if self.epoch == 0 and not self._resumed:
+            prepare_run_folder(self.out_dir, force=self.overwrite)
+            seed_everything(cfg.seed, cfg.deterministic)
+        self._write_logs("running")
+        while self.epoch < cfg.epochs:
+            row = self.train_epoch()
+            self.scheduler.step()
+            if self._should_eval(row["epoch"]):
+                row.update(self.evaluate())
+            self.epoch = row["epoch"]
+            self.history.append(row)
+            improved = "mAP" in row and row["mAP"] > self.best_map
+            if improved:
+                self.best_map, self.best_epoch = row["mAP"], self.epoch
+            payload = self.state_dict()
+            atomic_save(payload, self.out_dir / LAST)
+            if improved:
+                atomic_save(payload, self.out_dir / BEST)
+            self._write_logs("running")
+            self._print(_summary(row, cfg.epochs))
+        self._write_logs("finished")
+        return self.history
+
+    def _stop(self, what: str) -> None:
+        last = self.out_dir / LAST
+        kept = (f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch and last.is_file()
+                else "no checkpoint had been written yet")
+        message = (f"{what}: training stopped; {kept}. Try a lower learning rate (--lr), "
+                   "gradient clipping (--grad-clip) or no AMP.")
+        self._write_logs("stopped", message)
+        raise NonFiniteLossError(message)
+
+    def _print(self, line: str) -> None:
+        if self.progress:
+            tqdm.write(line)
+
+    def _write_logs(self, status: str, message: str = "") -> None:
+        model_cfg = self.model.config.to_dict() if hasattr(self.model, "config") else None
+        write_logs(self.out_dir, self.history, status=status, message=message,
+                   model_config=model_cfg, train_config=self.config.to_dict())
+
+    # -- checkpoints --------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """A hacnn checkpoint (``load_model`` reads it) plus the training state under ``"train"``."""
+        return {
+            "format": FORMAT, "version": VERSION,
+            "config": self.model.config.to_dict() if hasattr(self.model, "config") else None,
+            "model": self.model.state_dict(),
+            "train": {
+                "epoch": self.epoch, "config": self.config.to_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": get_rng_state(),
+                "data": get_data_state(self.train_loader), "history": self.history,
+                "best_map": self.best_map, "best_epoch": self.best_epoch,
+            },
+        }
+
+    def resume(self, checkpoint: str | Path | dict | None = None) -> int:
+        """Restore a checkpoint (default ``out_dir/last.pth``); returns the completed epochs."""
+        path = self.out_dir / LAST if checkpoint is None else checkpoint
+        ckpt = path if isinstance(path, dict) else safe_load(path)
+        train = ckpt.get("train") if isinstance(ckpt, dict) else None
+        if train is None:
+            raise CheckpointError(f"{path} holds weights only, no training state: it cannot be resumed")
+        saved = TrainConfig.from_dict(train["config"])
+        changed = {k for k, v in saved.to_dict().items() if self.config.to_dict()[k] != v}
+        if changed - {"epochs", "eval_every", "workers"}:
+            warnings.warn(f"resuming with settings that differ from the checkpoint's: {sorted(changed)}",
+                          stacklevel=2)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path} does not fit this model: {e}") from None
+        self.optimizer.load_state_dict(train["optimizer"])
+        self.scheduler.load_state_dict(train["scheduler"])
+        self.scaler.load_state_dict(train["scaler"])
+        set_rng_state(train["rng"])
+        set_data_state(self.train_loader, train["data"])
+        self.epoch = int(train["epoch"])
+        self.history = list(train["history"])
+        self.best_map, self.best_epoch = float(train["best_map"]), train["best_epoch"]
+        self._resumed = True
+        return self.epoch
+
+
+def _summary(row: dict, epochs: int) -> str:
+    line = (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  acc {100 * row['acc_global']:.1f}%"
+            f"  lr {row['lr']:.2g}  {row['images_per_s']:.1f} img/s  {row['rss_mb']:.0f} MiB")
+    if "mAP" in row:
+        line += f"  | Rank-1 {100 * row.get('rank1', math.nan):.1f}%  mAP {100 * row['mAP']:.1f}%"
+    return line
