@@ -12,11 +12,10 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
-from torchvision.transforms import v2
 
 from .base import Item, ReIDDataset
 from .sampler import RandomIdentitySampler
-from .transforms import build_transforms
+from .transforms import build_transforms, to_tensor
 
 
 class ImageReadError(OSError):
@@ -47,10 +46,6 @@ def _is_empty(path: str | os.PathLike) -> bool:
         return False
 
 
-def _to_tensor() -> v2.Compose:
-    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-
-
 class ImageDataset(Dataset):
     """``(path, pid, camid)`` items -> ``(image, pid, camid, path)`` samples.
 
@@ -64,7 +59,7 @@ class ImageDataset(Dataset):
     def __init__(self, items: Sequence[Item], transform: Callable | None = None,
                  seed: int | None = None) -> None:
         self.items = list(items)
-        self.transform = transform if transform is not None else _to_tensor()
+        self.transform = transform if transform is not None else to_tensor()
         self.generator: torch.Generator | None = None
         if seed is not None:
             self.reseed(seed)

@@ -23,7 +23,7 @@ class RandomIdentitySampler(Sampler[int]):
 
     Per epoch: each identity's images are shuffled and cut into groups of K
     (the last group topped up with other images of the same identity; an
-    identity with fewer than K images is drawn with replacement). Groups are
+    identity with fewer than K images gives all of them plus random repeats). Groups are
     dealt round-robin into ``ceil(#groups / P)`` batches so no batch holds an
     identity twice; batches left short are filled with groups of other
     identities, and the batch order is shuffled. An identity with more groups
@@ -67,9 +67,11 @@ class RandomIdentitySampler(Sampler[int]):
         return self.num_batches * self.batch_size
 
     def _draw(self, rng: np.random.Generator, pid_index: int) -> np.ndarray:
-        """K images of one identity (with replacement only if it has fewer)."""
-        pool = self.indices[pid_index]
-        return rng.choice(pool, self.num_instances, replace=len(pool) < self.num_instances)
+        """K distinct images of one identity; all of them, plus repeats, if it has fewer."""
+        pool, k = self.indices[pid_index], self.num_instances
+        if len(pool) >= k:
+            return rng.choice(pool, k, replace=False)
+        return rng.permutation(np.concatenate([pool, rng.choice(pool, k - len(pool))]))
 
     def _groups(self, rng: np.random.Generator, pid_index: int) -> list[np.ndarray]:
         """One epoch of an identity's images, shuffled, in groups of K."""

@@ -7,9 +7,12 @@ back to size), optionally random erasing (Zhong et al., AAAI 2020).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,7 +22,7 @@ def build_transforms(height: int = 160, width: int = 64, train: bool = True, *,
                      flip: bool = True, pad_crop: bool = True, pad: int = 10,
                      random_erasing: bool = False, normalize: bool = True,
                      mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+                     std: Sequence[float] = IMAGENET_STD) -> "v2.Compose":
     """PIL image (or uint8 tensor) -> float tensor ``(3, height, width)``.
 
     The eval transform (``train=False``) only resizes and normalises, so it
@@ -27,6 +30,8 @@ def build_transforms(height: int = 160, width: int = 64, train: bool = True, *,
     ``pad`` pixels with zeros, then crop a random ``height x width`` window)
     and ``random_erasing``. Values lie in [0, 1] before normalisation.
     """
+    from torchvision.transforms import v2  # on use: importing torchvision takes seconds
+
     steps: list = [v2.ToImage(), v2.Resize((height, width), antialias=True)]
     if train and flip:
         steps.append(v2.RandomHorizontalFlip())
@@ -38,3 +43,10 @@ def build_transforms(height: int = 160, width: int = 64, train: bool = True, *,
     if train and random_erasing:
         steps.append(v2.RandomErasing(p=0.5, value=0))
     return v2.Compose(steps)
+
+
+def to_tensor() -> "v2.Compose":
+    """PIL image -> float tensor in [0, 1] at its own size (no resize, no normalisation)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
