@@ -1,0 +1,70 @@
+"""Shared helpers for the benchmark scripts: torchreid's model with our weights, fair timing."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+import warnings
+
+import torch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def torchreid_pair(num_classes: int = 751, seed: int = 0):
+    """(torchreid HACNN, hacnn.HACNN) holding the same random weights and BN statistics."""
+    from hacnn import HACNN
+    from hacnn.convert import from_torchreid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchreid.reid.models.hacnn import HACNN as TorchreidHACNN
+    torch.manual_seed(seed)
+    ours = HACNN(num_classes)
+    with torch.no_grad():   # non-trivial BN statistics, as after training
+        for m in ours.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    tr = TorchreidHACNN(num_classes, use_gpu=False)
+    from hacnn.convert import to_torchreid
+
+    tr.load_state_dict(to_torchreid(ours.state_dict()))
+    assert from_torchreid(tr.state_dict()).keys() == ours.state_dict().keys()
+    return tr, ours
+
+
+def interleaved_rates(fns: dict, items_per_call: int, repeats: int = 5, warmup: int = 1) -> dict:
+    """Images/s of each callable, timed round-robin (A B C A B C ...) so load drifts hit all alike.
+
+    Returns the median rate per name.
+    """
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: items_per_call / statistics.median(v) for k, v in times.items()}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))

@@ -1,0 +1,47 @@
+"""optimize_for_inference: same features as the trained model, faster layout."""
+import pytest
+import torch
+
+from hacnn import HACNN
+from hacnn.blocks import ConvBlock
+from hacnn.inference import FusedInceptionA, FusedInceptionB, fold_conv_bn, optimize_for_inference
+
+
+def _randomize_bn(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model
+
+
+def test_fold_conv_bn_hand_example():
+    """1x1 conv w=2, b=1; BN mu=3, var=4-eps, gamma=0.5, beta=1: y = (2x+1-3)/2*0.5+1 = 0.5x + 0.5."""
+    block = ConvBlock(1, 1, 1, act=False).eval()
+    with torch.no_grad():
+        block.conv.weight.fill_(2.0)
+        block.conv.bias.fill_(1.0)
+        block.bn.running_mean.fill_(3.0)
+        block.bn.running_var.fill_(4.0 - block.bn.eps)
+        block.bn.weight.fill_(0.5)
+        block.bn.bias.fill_(1.0)
+    conv = fold_conv_bn(block)
+    assert conv.weight.item() == pytest.approx(0.5) and conv.bias.item() == pytest.approx(0.5)
+    x = torch.tensor([[[[0.0, 2.0]]]])
+    torch.testing.assert_close(conv(x), torch.tensor([[[[0.5, 1.5]]]]))
+
+
+@pytest.mark.parametrize("kw", [{}, dict(attention_relu=False), dict(local_branch=False)])
+def test_optimized_model_matches_eval_model(kw):
+    m = _randomize_bn(HACNN(9, **kw)).eval()
+    fast = optimize_for_inference(m)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in fast.modules())
+    assert any(isinstance(x, FusedInceptionA) for x in fast.modules())
+    assert any(isinstance(x, FusedInceptionB) for x in fast.modules())
+    x = torch.randn(4, 3, 160, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), m(x), atol=1e-5, rtol=0)
+    assert m.training is False and any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
