@@ -10,6 +10,9 @@ import warnings
 
 import torch
 
+# torchreid's HACNN uses deprecated calls (F.upsample, affine_grid defaults): silence them.
+warnings.filterwarnings("ignore", category=UserWarning)
+
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
