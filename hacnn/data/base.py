@@ -232,7 +232,8 @@ class ReIDDataset:
         junk = sum(pid == JUNK_PID for _, pid, _ in self.gallery)
         distractors = sum(pid == DISTRACTOR_PID for _, pid, _ in self.gallery)
         if junk or distractors:
-            lines.append(f"  gallery holds {distractors} distractor (0) and {junk} junk (-1) images")
+            lines.append(f"  gallery holds {distractors} distractor (0) "
+                         f"and {junk} junk (-1) images")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

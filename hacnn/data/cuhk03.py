@@ -66,6 +66,12 @@ def _find_file(root: Path, name: str) -> Path | None:
     return None
 
 
+def _home(mat_path: Path) -> Path:
+    """The dataset folder of a .mat file: its folder, above ``cuhk03_release/``."""
+    folder = mat_path.parent
+    return folder.parent if folder.name == "cuhk03_release" else folder
+
+
 def _find_np_dir(root: Path, kind: str) -> Path | None:
     """The CUHK03-NP release folder for ``kind`` (labeled or detected), if any."""
     candidates = [root / "cuhk03-np" / kind, root / "cuhk03" / "cuhk03-np" / kind,
@@ -128,7 +134,8 @@ def read_raw_mat(mat_path: Path, kind: str, out_dir: Path | None = None,
                         continue
                     name = _image_name(pair, person, image)
                     boxes.append((pair + 1, person + 1, name))
-                    if out_dir is not None and name not in existing and (only is None or name in only):
+                    wanted = only is None or name in only
+                    if out_dir is not None and wanted and name not in existing:
                         tmp = out_dir / f".{name}.part"
                         Image.fromarray(np.ascontiguousarray(box[()].T)).save(tmp, format="PNG")
                         os.replace(tmp, out_dir / name)
@@ -227,10 +234,7 @@ class CUHK03(ReIDDataset):
                 f"CUHK03 ({self.kind}, new protocol) not found under {str(root)!r}: expected "
                 f"cuhk03-np/{self.kind}/{{bounding_box_train,bounding_box_test,query}}/ or {name} "
                 f"in {str(root)!r} or {str(root / 'cuhk03')!r}")
-        self.source = "protocol-mat"
-        self.dataset_dir = config_path.parent
-        if self.dataset_dir.name == "cuhk03_release":
-            self.dataset_dir = self.dataset_dir.parent
+        self.source, self.dataset_dir = "protocol-mat", _home(config_path)
         config = _load_config(config_path)
         names = [_cell_str(c) for c in config["filelist"].ravel()]
         labels = config["labels"].ravel().astype(int)
@@ -267,14 +271,12 @@ class CUHK03(ReIDDataset):
 
     def _read_classic(self, root: Path) -> tuple[list[Item], list[Item], list[Item]]:
         mat_path = self._raw_mat(root, "the classic protocol")
-        self.source = "classic-mat"
-        self.dataset_dir = mat_path.parent
-        if self.dataset_dir.name == "cuhk03_release":
-            self.dataset_dir = self.dataset_dir.parent
+        self.source, self.dataset_dir = "classic-mat", _home(mat_path)
         images = self._images_dir(self.dataset_dir)
         raw = read_raw_mat(mat_path, self.kind, images)
         if not 0 <= self.split_id < len(raw.testsets):
-            raise ValueError(f"split_id must be in 0..{len(raw.testsets) - 1}, got {self.split_id}")
+            raise ValueError(
+                f"split_id must be in 0..{len(raw.testsets) - 1}, got {self.split_id}")
         offsets = np.cumsum([0, *raw.persons])  # pid = offset of the pair + person
         test = {(int(p), int(q)) for p, q in raw.testsets[self.split_id]}
         train, tests = [], []

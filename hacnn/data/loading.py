@@ -90,8 +90,9 @@ def seed_worker(worker_id: int) -> None:
     dataset's private stream from the same seed.
     """
     info = get_worker_info()
-    if info is not None and isinstance(info.dataset, ImageDataset) and info.dataset.generator is not None:
-        info.dataset.reseed(info.seed)
+    dataset = None if info is None else info.dataset
+    if isinstance(dataset, ImageDataset) and dataset.generator is not None:
+        dataset.reseed(info.seed)
 
 
 def default_workers() -> int:
@@ -107,9 +108,9 @@ def _loader(data: ImageDataset, batch_size: int, workers: int | None, seed: int,
             persistent: bool, **kwargs) -> DataLoader:
     workers = default_workers() if workers is None else workers
     return DataLoader(data, batch_size=batch_size, num_workers=workers,
-                      persistent_workers=persistent and workers > 0, pin_memory=torch.cuda.is_available(),
-                      worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
-                      **kwargs)
+                      persistent_workers=persistent and workers > 0,
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
+                      generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
 def build_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size: int = 32,
@@ -120,9 +121,10 @@ def build_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size: int = 
 
     ``dataset`` is a reader (its ``.train`` is used) or a list of items.
     ``transform`` defaults to ``build_transforms(height, width, train=True,
-    **transform_kwargs)``. Workers persist across epochs. The sampler is reachable as ``loader.sampler``
-    (``loader.sampler.set_epoch(e)`` pins an epoch's order). With the same
-    ``seed`` and ``workers``, batches and augmentations repeat exactly.
+    **transform_kwargs)``. Workers persist across epochs. The sampler is
+    ``loader.sampler`` (``loader.sampler.set_epoch(e)`` pins an epoch's
+    order). With the same ``seed`` and ``workers``, batches and augmentations
+    repeat exactly.
     """
     items = _items(dataset, "train")
     if transform is None:
