@@ -21,7 +21,8 @@ from hacnn.data import synthetic as S
 from hacnn.data.market1501 import Market1501
 from hacnn.data.synthetic_plan import (DISTRACTOR_FRACTION, JUNK_RATIO, LOCAL_ATTRIBUTES,
                                        SyntheticConfig, make_plan)
-from hacnn.data.synthetic_render import PLAIN, render_image
+from hacnn.data.synthetic_render import PLAIN
+from hacnn.data.synthetic_scene import render_image
 
 NAME = re.compile(r"(-1|\d{4})_c([1-9])s([1-6])_(\d{6})_(\d{2})\.jpg")
 SMALL = dict(size="tiny", num_train_ids=3, num_test_ids=3, images_per_id=4)

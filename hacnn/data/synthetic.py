@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import synthetic_render as R
+from . import synthetic_scene as C
 from .base import DATA_ENV
 from .market1501 import Market1501
 from .synthetic_plan import SIZES, SyntheticConfig, make_plan
@@ -40,7 +40,7 @@ def _render_chunk(job: tuple) -> int:
     """Worker: draw and save a chunk of records (JPEG) under ``folder``."""
     records, cameras, folder, cfg = job
     for r in records:
-        img = R.render_image(r, r["identity"], cameras[r["camid"]], height=cfg.height,
+        img = C.render_image(r, r["identity"], cameras[r["camid"]], height=cfg.height,
                              width=cfg.width)
         Image.fromarray(img).save(Path(folder) / r["folder"] / r["name"], quality=cfg.jpeg_quality)
     return len(records)
@@ -126,6 +126,8 @@ def _write(folder: Path, cfg: SyntheticConfig, workers: int) -> None:
     for split in SPLITS:
         (folder / split).mkdir(parents=True)
     chunks = [(records[i:i + 64], cameras, str(folder), cfg) for i in range(0, len(records), 64)]
+    for cam in cameras:  # drawn once here, shared with forked workers
+        C.backdrop(cam)
     if workers > 1:
         with multiprocessing.get_context().Pool(workers) as pool:
             for _ in pool.imap_unordered(_render_chunk, chunks):
@@ -220,20 +222,27 @@ def read_images_table(root: str | os.PathLike) -> list[dict]:
 # --- figure and command line -----------------------------------------------------
 
 def _sample_pids(manifest: dict, count: int) -> list[int]:
-    """A twin and its original first (they differ in one local detail), then others."""
-    ids = {int(k): v for k, v in manifest["identities"].items()}
-    twins = sorted(p for p, v in ids.items() if v["twin_of"] is not None)
-    first = [twins[0], ids[twins[0]]["twin_of"]] if twins else []
-    return (first + [p for p in sorted(ids) if p not in first])[:count]
+    """A twin and its original first (they differ in one local detail), then identities
+    with a backpack, a skirt or shorts, a hat, then any."""
+    ids = {int(k): v["attributes"] for k, v in manifest["identities"].items()}
+    twins = [p for p, v in manifest["identities"].items() if v["twin_of"]]
+    twins.sort(key=lambda p: (manifest["identities"][p]["differs_in"] != "bag", p))
+    out = [int(twins[0]), manifest["identities"][twins[0]]["twin_of"]] if twins else []
+    wishes = [lambda a: a["bag"] == "backpack", lambda a: a["lower_kind"] != "trousers",
+              lambda a: a["hat"] != "none", lambda a: True]
+    for wish in wishes * count:
+        out += [next((p for p in sorted(ids) if p not in out and wish(ids[p])), None)]
+    return [p for p in out if p is not None][:count]
 
 
 def _row_label(ids: dict, pid: int) -> str:
     info = ids[f"{pid:04d}"]
-    twin = f"\n= id {info['twin_of']:04d}\nbut {info['differs_in']}" if info["twin_of"] else ""
+    twin = f"\ntwin of {info['twin_of']:04d},\ndiffers in {info['differs_in']}" \
+        if info["twin_of"] else ""
     return f"id {pid:04d} ({info['split']}){twin}"
 
 
-def plot_synthetic_samples(sources, pids: list[int] | None = None, num_ids: int = 4,
+def plot_synthetic_samples(sources, pids: list[int] | None = None, num_ids: int = 5,
                            num_cols: int = 6, path: str | os.PathLike | None = None):
     """A grid of crops: one panel per source (a benchmark folder or :class:`Synthetic`),
     rows = identities (by default a twin pair first), columns = their images over

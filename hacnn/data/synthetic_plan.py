@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import synthetic_render as R
+from . import synthetic_scene as C
 
 # Market-1501's gallery: 15,913 boxes that are people (13,120) or distractors
 # (2,793, id 0000), plus 3,819 junk boxes (id -1). Same ratios here.
@@ -56,7 +57,8 @@ class SyntheticConfig:
         if not 0.0 <= self.misalignment <= 1.0:
             raise ValueError(f"misalignment must lie in [0, 1], got {self.misalignment}")
         if not 2 <= self.num_cameras <= 9:
-            raise ValueError(f"num_cameras must be 2..9 (one digit in c<N>), got {self.num_cameras}")
+            raise ValueError(
+                f"num_cameras must be 2..9 (one digit in c<N>), got {self.num_cameras}")
         if min(self.num_train_ids, self.num_test_ids) < 2 or \
                 self.num_train_ids + self.num_test_ids > 9999:
             raise ValueError("need >= 2 train and test ids and at most 9,999 ids in all (4 digits)")
@@ -159,9 +161,9 @@ def make_identities(cfg: SyntheticConfig) -> dict[int, dict]:
 
 
 def make_cameras(cfg: SyntheticConfig) -> list[dict]:
-    styles = np.random.default_rng([cfg.seed, 2]).permutation(len(R.BACKGROUNDS))
-    return [R.sample_camera(np.random.default_rng([cfg.seed, 2, c]), c,
-                            R.BACKGROUNDS[styles[c % len(styles)]]) for c in range(cfg.num_cameras)]
+    styles = np.random.default_rng([cfg.seed, 2]).permutation(len(C.BACKGROUNDS))
+    return [C.sample_camera(np.random.default_rng([cfg.seed, 2, c]), c,
+                            C.BACKGROUNDS[styles[c % len(styles)]]) for c in range(cfg.num_cameras)]
 
 
 def _record(cfg, folder, pid, cam, seq, frame, nn, seed, at, view, phase, box) -> dict:
@@ -190,8 +192,9 @@ def _identity_records(cfg: SyntheticConfig, pid: int, info: dict) -> list[dict]:
             folder = "bounding_box_train" if query < 0 else "query" if i == query \
                 else "bounding_box_test"
             nn = 0 if folder == "query" else int(rng.integers(1, 5))
+            box = crop_box(_draws(rng), cfg.misalignment)
             records.append(_record(cfg, folder, pid, cam, seq, frame, nn, [cfg.seed, 5, pid, k],
-                                   at, view, phase + 0.8 * i, crop_box(_draws(rng), cfg.misalignment)))
+                                   at, view, phase + 0.8 * i, box))
             k += 1
     return records
 
@@ -213,7 +216,7 @@ def _extra_records(cfg: SyntheticConfig, n_gallery: int, identities: dict) -> li
         else:
             at = R.sample_identity(rng) if rng.random() < 0.5 else None
         h = rng.uniform(0.25, 0.55) if junk else rng.uniform(0.4, 1.0)
-        cx = rng.choice([-1, 1]) * rng.uniform(0.15, 0.3) if junk else rng.uniform(-0.4, 0.4)
+        cx = rng.choice([-1, 1]) * rng.uniform(0.04, 0.16) if junk else rng.uniform(-0.4, 0.4)
         cy = rng.uniform(0.1, 0.9)
         box = (cx - h / 4, cy - h / 2, cx + h / 4, cy + h / 2)
         records.append(_record(cfg, "bounding_box_test", -1 if junk else 0, cam, seq, frame, nn,
@@ -225,6 +228,7 @@ def _extra_records(cfg: SyntheticConfig, n_gallery: int, identities: dict) -> li
 def make_plan(cfg: SyntheticConfig) -> tuple[dict, list[dict], list[dict]]:
     """Identities, cameras and the record of every image, before any drawing."""
     identities, cameras = make_identities(cfg), make_cameras(cfg)
-    records = [r for pid in sorted(identities) for r in _identity_records(cfg, pid, identities[pid])]
+    records = [r for pid in sorted(identities)
+               for r in _identity_records(cfg, pid, identities[pid])]
     n_gallery = sum(r["folder"] == "bounding_box_test" for r in records)
     return identities, cameras, records + _extra_records(cfg, n_gallery, identities)

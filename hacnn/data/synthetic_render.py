@@ -1,4 +1,4 @@
-"""Drawing for the synthetic re-id benchmark: people, scenes and cameras.
+"""Drawing people for the synthetic re-id benchmark: shapes, canvas, attributes.
 
 Everything is drawn with vectorised numpy straight onto the output pixel grid
 (128x64), with anti-aliased edges from signed distances (a pixel's coverage is
@@ -7,16 +7,15 @@ of its bounding box.
 
 World units: a person is 1 tall, the top of the head at ``y = 0``, the soles
 at ``y = 1``, the body centre at ``x = 0`` (the crop box of an image is a
-rectangle in these units; see ``synthetic.crop_box``). Identities are dicts of
-palette names (:func:`sample_identity`), cameras are dicts of scene and sensor
-settings (:func:`sample_camera`); both go into the benchmark's manifest.
+rectangle in these units; see ``synthetic_plan.crop_box``). Identities are
+dicts of palette names (:func:`sample_identity`) and go into the benchmark's
+manifest. Scenes and cameras are in :mod:`hacnn.data.synthetic_scene`.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+import math
 
 import numpy as np
-from PIL import Image, ImageFilter
 
 RGB = tuple[float, float, float]
 
@@ -50,7 +49,6 @@ LOWER_KINDS = ("trousers", "shorts", "skirt")
 BAGS = ("none", "backpack", "sidebag")
 HATS = ("none", "cap", "beanie")
 VIEWS = ("front", "back", "left", "right")
-BACKGROUNDS = ("street", "park", "hall", "bikes", "plaza", "corridor")
 PLAIN = (1.0, 0.0, 1.0)  # debug background: magenta, in no palette
 
 
@@ -81,25 +79,6 @@ def sample_identity(rng: np.random.Generator) -> dict:
 
 
 # Scene materials (walls, ground, accents for windows and clutter).
-WALLS = ("#9c9890", "#8a4a3a", "#c8b898", "#d8d6cc", "#a8b4bc", "#6e6a64", "#b89070")
-GROUNDS = ("#58585a", "#8c8880", "#8a5c4c", "#a89878", "#b8b0a4", "#6c7064")
-ACCENTS = ("#283440", "#3c5a3c", "#a03028", "#2c4c8c", "#c8a030", "#606060", "#e0e0e0")
-
-
-def sample_camera(rng: np.random.Generator, index: int, style: str) -> dict:
-    """Scene and sensor settings of camera ``index`` (0-based) with a background style."""
-    u = lambda lo, hi: round(float(rng.uniform(lo, hi)), 3)  # noqa: E731
-    material = lambda names: [round(c * u(0.9, 1.1), 3) for c in _hex(_pick(rng, names))]  # noqa
-    return {
-        "index": index, "background": style,
-        "gain": u(0.65, 1.25), "cast": [u(0.85, 1.15) for _ in range(3)],
-        "gradient": u(-0.35, 0.35), "gamma": u(0.8, 1.25),
-        "blur": u(0.0, 1.1), "noise": u(1.5, 9.0), "resolution": u(0.45, 1.0),
-        "horizon": u(0.35, 0.7), "clutter": int(rng.integers(1, 5)),
-        "occluders": u(0.05, 0.3),
-        "wall": material(WALLS), "floor": material(GROUNDS), "accent": material(ACCENTS),
-        "texture_seed": int(rng.integers(2**31)),
-    }
 
 
 # --- shapes: (bbox, signed distance) pairs in world units ---------------------
@@ -139,42 +118,39 @@ def capsule(ax, ay, bx, by, r0, r1=None):
     return (min(ax, bx) - r, min(ay, by) - r, max(ax, bx) + r, max(ay, by) + r), sdf
 
 
-def _span(v: np.ndarray, lo: float, hi: float) -> slice | None:
-    """Indices of the evenly spaced (maybe decreasing) ``v`` that fall in [lo, hi]."""
-    start, step = float(v[0]), float(v[1] - v[0])
+def _span(start: float, step: float, n: int, lo: float, hi: float) -> slice | None:
+    """Indices i < n with ``start + i * step`` in [lo, hi] (``step`` may be negative)."""
     a, b = (lo - start) / step, (hi - start) / step
-    a, b = max(0, int(np.ceil(min(a, b)))), min(len(v) - 1, int(np.floor(max(a, b))))
+    a, b = max(0, math.ceil(min(a, b))), min(n - 1, math.floor(max(a, b)))
     return slice(a, b + 1) if a <= b else None
 
 
 class Canvas:
-    """A float RGB image (H, W, 3) with the world coordinates of its pixel centres."""
+    """A float RGB image (H, W, 3) with the world coordinates of its pixel centres.
 
-    def __init__(self, img: np.ndarray, xs: np.ndarray, ys: np.ndarray, px: float):
-        self.img, self.xs, self.ys, self.px = img, xs, ys, px
+    Pixel column ``j`` lies at ``x = x0 + j * dx``, row ``i`` at ``y = y0 + i * dy``.
+    """
+
+    def __init__(self, img: np.ndarray, x0: float, dx: float, y0: float, dy: float):
+        self.img, self.x0, self.dx, self.y0, self.dy = img, x0, dx, y0, dy
+        h, w = img.shape[:2]
+        self.xs = x0 + dx * np.arange(w)  # (W,)
+        self.ys = y0 + dy * np.arange(h)  # (H,)
+        self.px = math.sqrt(abs(dx * dy))  # pixel size, for anti-aliasing
 
     @classmethod
     def for_box(cls, box, height: int, width: int, fill=PLAIN) -> "Canvas":
         x0, y0, x1, y1 = box
-        xs = x0 + (np.arange(width) + 0.5) * (x1 - x0) / width    # (W,)
-        ys = y0 + (np.arange(height) + 0.5) * (y1 - y0) / height  # (H,)
+        dx, dy = (x1 - x0) / width, (y1 - y0) / height
         img = np.empty((height, width, 3), np.float32)
         img[:] = fill
-        return cls(img, xs, ys, float(np.sqrt((x1 - x0) / width * (y1 - y0) / height)))
+        return cls(img, x0 + dx / 2, dx, y0 + dy / 2, dy)
 
     def moved(self, dx=0.0, dy=0.0, scale=1.0, mirror=False) -> "Canvas":
         """The same pixels seen from a person at ``x=dx``, feet at ``1+dy``, ``scale`` tall."""
-        xs = (self.xs - dx) / scale
-        return Canvas(self.img, -xs if mirror else xs, (self.ys - 1 - dy) / scale + 1,
-                      self.px / scale)
-
-    def _window(self, bbox):
-        """Pixel slices (and coordinates) covering a world bounding box, or None."""
-        x0, y0, x1, y1 = bbox
-        cs, rs = _span(self.xs, x0 - self.px, x1 + self.px), _span(self.ys, y0 - self.px, y1 + self.px)
-        if cs is None or rs is None:
-            return None
-        return rs, cs, self.xs[cs][None, :], self.ys[rs][:, None]
+        sx = -1 / scale if mirror else 1 / scale
+        return Canvas(self.img, (self.x0 - dx) * sx, self.dx * sx,
+                      (self.y0 - 1 - dy) / scale + 1, self.dy / scale)
 
     def paint(self, shape, color, shade: float = 1.0) -> None:
         """Cover ``shape`` with ``color`` times ``shade``.
@@ -182,11 +158,15 @@ class Canvas:
         ``color``: RGB, a function of (X, Y) -> (h, w, 3), or None for the
         pixels already there (``shade < 1`` then casts a shadow).
         """
-        win = self._window(shape[0])
-        if win is None:
+        (x0, y0, x1, y1), sdf = shape
+        h, w = self.img.shape[:2]
+        cs = _span(self.x0, self.dx, w, x0 - self.px, x1 + self.px)
+        rs = _span(self.y0, self.dy, h, y0 - self.px, y1 + self.px)
+        if cs is None or rs is None:
             return
-        rs, cs, X, Y = win
-        alpha = np.clip(0.5 - shape[1](X, Y) / self.px, 0, 1)[..., None]  # (h, w, 1)
+        X, Y = self.xs[None, cs], self.ys[rs, None]  # (1, w), (h, 1)
+        alpha = 0.5 - sdf(X, Y) * (1 / self.px)
+        alpha = np.minimum(np.maximum(alpha, 0, out=alpha), 1, out=alpha)[..., None]  # (h, w, 1)
         region = self.img[rs, cs]
         col = region if color is None else color(X, Y) if callable(color) else \
             np.asarray(color, np.float32)
@@ -203,8 +183,8 @@ def _upper_fill(at: dict):
     if at["pattern"] == "stripes":
         return lambda X, Y: np.where((np.floor(Y / 0.045) % 2 == 0)[..., None], c1, c2)
     if at["pattern"] == "checks":
-        return lambda X, Y: np.where(((np.floor(X / 0.04) + np.floor(Y / 0.04)) % 2 == 0)[..., None],
-                                     c1, c2)
+        return lambda X, Y: np.where(
+            ((np.floor(X / 0.04) + np.floor(Y / 0.04)) % 2 == 0)[..., None], c1, c2)
     return tuple(c1)
 
 
@@ -253,7 +233,9 @@ def draw_person(cv: Canvas, at: dict, view: str, phase: float) -> None:
         cv.paint(rect(-ww - 0.004, y_waist, ww + 0.004, y_crotch + 0.01), lower)
 
     # torso, rounded shoulders
-    cv.paint(trapezoid(0, y_sh + 0.01, y_waist + 0.03, sw, ww), upper)
+    shaded = lambda X, Y: (upper(X, Y) if callable(upper) else np.float32(upper)) \
+        * (1 - 0.3 * np.minimum((X / sw) ** 2, 1))[..., None]  # noqa: E731 (a round body)
+    cv.paint(trapezoid(0, y_sh + 0.01, y_waist + 0.03, sw, ww), shaded)
     cv.paint(capsule(-sw + 0.03, y_sh + 0.03, sw - 0.03, y_sh + 0.03, 0.03), upper)
     cv.paint(rect(-0.018, 0.12, 0.018, y_sh + 0.01), skin)  # neck
     if view == "front" and at["pattern"] == "logo":
@@ -328,132 +310,3 @@ def _head(cv, at, view, skin, hair):
             brim = rect(cx, low - 0.012, cx + 0.085, low) if side else \
                 rect(cx - 0.048, low - 0.006, cx + 0.048, low + 0.008)
             cv.paint(brim, colour, 0.8)
-
-
-# --- scenes and cameras -------------------------------------------------------
-
-@lru_cache(maxsize=16)
-def _texture(seed: int) -> np.ndarray:
-    """A smooth tileable-enough noise texture (96, 192) in [-1, 1] for one camera."""
-    rng = np.random.default_rng(seed)
-    small = Image.fromarray((rng.random((12, 24)) * 255).astype(np.uint8))
-    fine = rng.random((96, 192)) - 0.5
-    smooth = np.asarray(small.resize((192, 96), Image.BICUBIC), np.float32) / 127.5 - 1
-    return (0.75 * smooth + 0.5 * fine).astype(np.float32)
-
-
-def draw_scene(cv: Canvas, cam: dict, rng: np.random.Generator, offset: float) -> None:
-    """Walls above the camera's horizon, ground below, then clutter; ``offset`` pans."""
-    X, Y = cv.xs[None, :] + offset, cv.ys[:, None]  # (1, W), (H, 1)
-    tex = _texture(cam["texture_seed"])
-    t = tex[(np.floor(Y / 0.012) % 96).astype(int), (np.floor(X / 0.012) % 192).astype(int)]
-    t = t[..., None]  # (H, W, 1)
-    wall, floor, accent = (np.asarray(cam[k], np.float32) for k in ("wall", "floor", "accent"))
-    style, hz = cam["background"], cam["horizon"]
-    fx, fy = np.abs(np.mod(X, 0.3) - 0.15), np.mod((Y - hz) / (Y - hz + 0.3), 0.12)
-    if style == "park":
-        upper = np.where(t > 0.05, [0.18, 0.42, 0.16], [0.3, 0.55, 0.25]) * (1 + 0.3 * t)
-        lower = floor * (1 + 0.25 * t)
-    elif style == "hall" or style == "corridor":
-        panel = (np.abs(np.mod(X, 0.45) - 0.225) > 0.215) | ((Y > hz - 0.04) & (Y < hz))
-        door = (style == "corridor") & (np.abs(np.mod(X + 0.3, 1.2) - 0.6) < 0.14) & (Y > hz - 0.5)
-        upper = np.where((panel | door)[..., None], wall * 0.65, wall) * (1 + 0.04 * t)
-        lower = np.where(((fx < 0.006) | (fy < 0.006))[..., None], floor * 0.8, floor) \
-            * (1.05 + 0.2 * (Y - hz))[..., None]
-    else:  # street, bikes, plaza: a facade with windows, tiled pavement
-        win = (np.abs(np.mod(X, 0.4) - 0.2) < 0.1) & (np.mod(Y + 5, 0.36) < 0.2)
-        sky = (style == "plaza") & (Y < hz - 0.45)
-        upper = np.where(win[..., None], accent * 0.35 + 0.1, wall) * (1 + 0.08 * t)
-        upper = np.where(sky[..., None], np.float32([0.75, 0.82, 0.9]), upper)
-        lower = np.where(((fx < 0.008) | (fy < 0.008))[..., None], floor * 0.75, floor) \
-            * (1 + 0.12 * t)
-    cv.img[:] = np.where((Y < hz)[..., None], upper, lower)
-    for _ in range(cam["clutter"] + (3 if style == "bikes" else 0)):
-        _clutter(cv, cam, rng, style, accent)
-
-
-def _clutter(cv: Canvas, cam: dict, rng: np.random.Generator, style: str, accent) -> None:
-    """One background object standing on the ground: a post, bin, bench, planter or bicycle."""
-    x, base = float(rng.uniform(-0.6, 0.6)), float(rng.uniform(cam["horizon"] + 0.05, 0.95))
-    col = np.clip(0.5 * accent + 0.5 * np.float32([0.45, 0.45, 0.45]) * rng.uniform(0.6, 1.3), 0, 1)
-    k = 0.6 + 0.4 * base  # farther objects (higher on the ground) look smaller
-    kind = "bike" if style == "bikes" and rng.random() < 0.7 else \
-        _pick(rng, ("post", "bin", "bench", "planter"))
-    if kind == "post":
-        cv.paint(rect(x - 0.01, -1, x + 0.01, base), (0.22, 0.22, 0.24))
-        cv.paint(rect(x - 0.05 * k, base - 0.9, x + 0.05 * k, base - 0.8), col)  # a sign
-    elif kind == "bin":
-        cv.paint(rect(x - 0.06 * k, base - 0.2 * k, x + 0.06 * k, base), col)
-        cv.paint(rect(x - 0.065 * k, base - 0.22 * k, x + 0.065 * k, base - 0.19 * k), col, 0.6)
-    elif kind == "bench":
-        for lx in (x - 0.2 * k, x + 0.2 * k):
-            cv.paint(rect(lx - 0.01, base - 0.12 * k, lx + 0.01, base), (0.2, 0.2, 0.2))
-        cv.paint(rect(x - 0.25 * k, base - 0.14 * k, x + 0.25 * k, base - 0.11 * k), col * 0.7)
-        cv.paint(rect(x - 0.25 * k, base - 0.3 * k, x + 0.25 * k, base - 0.26 * k), col * 0.7)
-    elif kind == "planter":
-        cv.paint(rect(x - 0.08 * k, base - 0.12 * k, x + 0.08 * k, base), col * 0.8)
-        cv.paint(ellipse(x, base - 0.2 * k, 0.11 * k, 0.1 * k), (0.2, 0.4, 0.18))
-    else:
-        r = 0.12 * k
-        for wx in (x - 1.3 * r, x + 1.3 * r):
-            bbox, d = ellipse(wx, base - r, r, r)
-            cv.paint((bbox, lambda X, Y, d=d: np.abs(d(X, Y)) - 0.006), (0.1, 0.1, 0.1))
-        cv.paint(capsule(x - 1.3 * r, base - r, x + 0.3 * r, base - 2.2 * r, 0.008), accent)
-        cv.paint(capsule(x + 1.3 * r, base - r, x + 0.3 * r, base - 2.2 * r, 0.008), accent)
-
-
-def apply_camera(img: np.ndarray, cam: dict, rng: np.random.Generator) -> np.ndarray:
-    """Illumination, colour cast, gamma, resolution, blur and noise -> uint8 (H, W, 3)."""
-    h, w = img.shape[:2]
-    light = cam["gain"] * rng.uniform(0.88, 1.12) \
-        * (1 + cam["gradient"] * np.linspace(-0.5, 0.5, h, dtype=np.float32))[:, None, None]
-    img = np.clip(img * light * np.asarray(cam["cast"], np.float32) * 255 + 0.5, 0, 255)
-    im = Image.fromarray(_gamma_lut(cam["gamma"])[img.astype(np.uint8)])
-    res = min(1.0, cam["resolution"] * rng.uniform(0.85, 1.2))
-    if res < 0.97:
-        im = im.resize((max(8, round(w * res)), max(16, round(h * res))), Image.BILINEAR)
-        im = im.resize((w, h), Image.BILINEAR)
-    if cam["blur"] > 0.05:
-        im = im.filter(ImageFilter.GaussianBlur(cam["blur"]))
-    noise = rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(cam["noise"])
-    return np.clip(np.asarray(im, np.float32) + noise + 0.5, 0, 255).astype(np.uint8)
-
-
-@lru_cache(maxsize=64)
-def _gamma_lut(gamma: float) -> np.ndarray:
-    return np.round(255 * (np.arange(256) / 255) ** gamma).astype(np.uint8)
-
-
-def render_image(spec: dict, identity: dict | None, cam: dict, *, height: int = 128,
-                 width: int = 64, plain: bool = False) -> np.ndarray:
-    """One crop (uint8, (H, W, 3)) from an image record of the benchmark's plan.
-
-    ``spec`` holds ``box`` (crop box in world units), ``view``, ``phase`` and
-    ``seed`` (the per-image seed sequence); ``identity`` is None for a crop
-    without a person. ``plain=True`` is the debug mode: a flat magenta
-    background, no clutter, passers-by, shadow or camera effects.
-    """
-    rng = np.random.default_rng(spec["seed"])
-    cv = Canvas.for_box(spec["box"], height, width)
-    passers = []
-    if not plain:
-        draw_scene(cv, cam, rng, float(rng.uniform(-3, 3)))
-        if rng.random() < cam["occluders"] + (0.3 if identity is None else 0.0):
-            front = bool(rng.random() < 0.5)
-            passers.append((front, sample_identity(rng), _pick(rng, VIEWS),
-                            float(rng.uniform(0, 2 * np.pi)),
-                            float(rng.choice([-1, 1]) * rng.uniform(0.28, 0.45)),
-                            float(rng.uniform(1.0, 1.15) if front else rng.uniform(0.8, 0.95))))
-    for front, at, view, phase, dx, scale in passers:
-        if not front:
-            draw_person(cv.moved(dx, dy=0.25 * (scale - 1), scale=scale), at, view, phase)
-    if identity is not None:
-        if not plain:
-            cv.paint(ellipse(0.02, 0.995, 0.17 * identity["build"], 0.028), None, 0.6)
-        draw_person(cv, identity, spec["view"], spec["phase"])
-    for front, at, view, phase, dx, scale in passers:
-        if front:
-            draw_person(cv.moved(dx, dy=0.25 * (scale - 1), scale=scale), at, view, phase)
-    if plain:
-        return (np.clip(cv.img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return apply_camera(cv.img, cam, rng)
