@@ -38,7 +38,9 @@ from .logging_utils import CSV_NAME, EVAL_COLUMNS, JSON_NAME, rss_mb, write_logs
 from .losses import HACNNLoss
 
 LAST, BEST = "last.pth", "best.pth"
-RUN_FILES = (LAST, BEST, CSV_NAME, JSON_NAME)
+RUN_JSON = "run.json"                # what the run was trained on (written by hacnn.experiment)
+TRAINER_FILES = (LAST, BEST, CSV_NAME, JSON_NAME)
+RUN_FILES = TRAINER_FILES + (RUN_JSON,)
 _AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -71,14 +73,15 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool = False) -> Path:
+def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool = False,
+                       files: tuple[str, ...] = RUN_FILES) -> Path:
     """Check ``out_dir`` before a run: never overwrite a run without ``resume`` or ``force``.
 
     ``resume`` needs ``out_dir/last.pth``; ``force`` deletes the previous
-    run's files (only those: other files in the folder are left alone).
+    run's ``files`` (only those: other files in the folder are left alone).
     """
     out = Path(out_dir)
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    existing = [name for name in files if (out / name).exists()]
     if resume:
         if not (out / LAST).is_file():
             raise FileNotFoundError(f"cannot resume: {str(out)!r} holds no {LAST}")
@@ -191,7 +194,8 @@ class Trainer:
             :func:`make_evaluator`); run every ``config.eval_every`` epochs
             and after the last; ``best.pth`` follows its mAP.
         device: ``torch.device`` or string; None = CUDA if available.
-        progress: tqdm bars and one summary line per epoch.
+        progress: tqdm progress bars (loss and accuracy so far).
+        verbose: one summary line per epoch (default: same as ``progress``).
         overwrite: allow a fresh run over a folder that holds one.
 
     ``fit()`` seeds everything from ``config.seed`` (unless resumed) and
@@ -201,7 +205,7 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader, config: TrainConfig | None = None,
                  out_dir: str | Path = "runs/hacnn", *, evaluator: Callable | None = None,
                  device: str | torch.device | None = None, progress: bool = True,
-                 overwrite: bool = False):
+                 verbose: bool | None = None, overwrite: bool = False):
         self.config = cfg = config or TrainConfig()
         self.device = resolve_device(device)
         if cfg.amp == "fp16" and self.device.type != "cuda":
@@ -212,6 +216,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.evaluator = evaluator
         self.progress = progress
+        self.verbose = progress if verbose is None else verbose
         self.overwrite = overwrite
         self.criterion = HACNNLoss(cfg.label_smoothing)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -298,7 +303,7 @@ class Trainer:
         """Train from ``self.epoch`` to ``config.epochs``; returns the per-epoch history."""
         cfg = self.config
         if self.epoch == 0 and not self._resumed:
-            prepare_run_folder(self.out_dir, force=self.overwrite)
+            prepare_run_folder(self.out_dir, force=self.overwrite, files=TRAINER_FILES)
             seed_everything(cfg.seed, cfg.deterministic)
         self._write_logs("running")
         while self.epoch < cfg.epochs:
@@ -330,7 +335,7 @@ class Trainer:
         raise NonFiniteLossError(message)
 
     def _print(self, line: str) -> None:
-        if self.progress:
+        if self.verbose:
             tqdm.write(line)
 
     def _write_logs(self, status: str, message: str = "") -> None:

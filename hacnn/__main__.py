@@ -1,0 +1,228 @@
+"""Command line: ``python -m hacnn {train,evaluate,convert,synth,reproduce} ...``.
+
+Examples::
+
+    python -m hacnn synth --size tiny
+    python -m hacnn train --quick --out runs/quick
+    python -m hacnn train --dataset market1501 --root ~/data --out runs/market
+    python -m hacnn train --out runs/market --resume
+    python -m hacnn evaluate --weights runs/market/best.pth --dataset market1501 --flip
+    python -m hacnn convert --from-torchreid hacnn_market.pth.tar --out hacnn_market.pth
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .config import RECIPES
+
+DEFAULT_DATASET = "synthetic"
+
+
+def _dataset_arguments(p: argparse.ArgumentParser, default: str | None = DEFAULT_DATASET) -> None:
+    from .experiment import DATASET_NAMES
+
+    p.add_argument("--dataset", choices=DATASET_NAMES, default=default, metavar="NAME",
+                   help=f"one of {', '.join(DATASET_NAMES)} (default: {default or DEFAULT_DATASET})")
+    p.add_argument("--root", type=Path, help="data root (default: $HACNN_DATA; the synthetic "
+                   "benchmark is generated there or under ~/.cache/hacnn on first use)")
+    p.add_argument("--synthetic-size", choices=("tiny", "default", "large"),
+                   help="size of the synthetic benchmark (default: default; tiny with --quick)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    _dataset_arguments(p, default=None)
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>-<recipe>, "
+                   "runs/quick with --quick)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pth")
+    p.add_argument("--force", action="store_true", help="overwrite a previous run in --out")
+    p.add_argument("--quick", action="store_true",
+                   help="quick preset: tiny synthetic benchmark, 8 epochs (~1-2 min on 2 CPU cores)")
+    t = p.add_argument_group("training (defaults: the recipe's; see hacnn.config.RECIPES)")
+    t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="adam (default: Adam 3e-4, 500 epochs, torchreid's reproduction) or "
+                   "sgd (SGD 0.03, 300 epochs, lr x0.1 at 50%% and 75%%)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, help="images per batch (default: 32)")
+    t.add_argument("--num-instances", type=int, help="images per identity in a batch (default: 4)")
+    t.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: 0)")
+    t.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
+                   help="mixed precision: bf16 (CPU/CUDA) or fp16 (CUDA) (default: none)")
+    t.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+    t.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    t.add_argument("--eval-every", type=int, help="evaluate every N epochs and after the last "
+                   "(0: never; default: 10)")
+    t.add_argument("--seed", type=int, help="seed of everything (default: 0)")
+    t.add_argument("--workers", type=int, help="data loader processes (default: cores - 1, at most 4)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    m = p.add_argument_group("model ablations (paper Table 6)")
+    m.add_argument("--no-local", action="store_true", help="global stream only (no local branch)")
+    m.add_argument("--no-soft", action="store_true", help="no soft (spatial + channel) attention")
+    m.add_argument("--no-hard", action="store_true", help="fixed stripes instead of learned regions")
+    m.add_argument("--no-cail", action="store_true", help="no cross-attention interaction learning")
+
+
+def _train_keywords(args: argparse.Namespace) -> dict:
+    amp = None if args.amp in (None, "none") else args.amp
+    keys = ("recipe", "epochs", "batch_size", "num_instances", "lr", "weight_decay",
+            "label_smoothing", "channels_last", "grad_clip", "eval_every", "seed", "workers")
+    kw = {k: getattr(args, k) for k in keys}
+    kw["amp"] = amp
+    return kw
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``train``: one run into ``--out`` (never over an existing run without --resume/--force)."""
+    from .experiment import ABLATIONS, format_result, run_experiment
+
+    dataset = args.dataset or DEFAULT_DATASET
+    if args.quick and dataset != "synthetic":
+        raise ValueError("--quick trains on the synthetic benchmark; drop --dataset or --quick")
+    out = args.out or Path("runs") / ("quick" if args.quick else f"{dataset}-{args.recipe or 'adam'}")
+    model = {field: False for flag, field in ABLATIONS.items() if getattr(args, flag)}
+    result = run_experiment(dataset, out, root=args.root, synthetic_size=args.synthetic_size,
+                            quick=args.quick, resume=args.resume, force=args.force, model=model,
+                            device=args.device, progress=not args.no_progress, verbose=True,
+                            **_train_keywords(args))
+    print(f"run folder: {result.out_dir} ({len(result.history)} epochs)")
+    if result.final:
+        print(format_result(result.final, f"final (epoch {result.final['epoch']}):"))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: a checkpoint on a dataset's query/gallery split; prints the table."""
+    from .experiment import evaluate_checkpoint, format_result
+
+    result = evaluate_checkpoint(args.weights, args.dataset, root=args.root,
+                                 synthetic_size=args.synthetic_size, rerank=args.rerank, flip=args.flip,
+                                 device=args.device, batch_size=args.batch_size, workers=args.workers,
+                                 progress=not args.no_progress)
+    title = f"{args.weights} on {args.dataset}" + (" + re-ranking" if args.rerank else "") + \
+        (" + flip" if args.flip else "")
+    print(format_result(result, title))
+    print(f"({result.num_valid_queries} queries; {result.num_skipped_queries} without a match skipped)")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """``convert``: torchreid HACNN checkpoint <-> hacnn checkpoint (weights only, safe load)."""
+    from .checkpoint import FORMAT, VERSION, atomic_save, model_state, safe_load
+    from .config import HACNNConfig
+    from .convert import from_torchreid, num_classes_of, to_torchreid
+    from .model import HACNN
+
+    if args.out.exists() and not args.force:
+        raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
+    if args.from_torchreid:
+        sd = from_torchreid(safe_load(args.from_torchreid))
+        config = HACNNConfig(num_classes=num_classes_of(sd))
+        HACNN(config=config).load_state_dict(sd)          # fails loudly if it does not fit
+        atomic_save({"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": sd}, args.out)
+        print(f"wrote {args.out}: hacnn checkpoint, {config.num_classes} identities")
+    else:
+        sd, _ = model_state(safe_load(args.to_torchreid))
+        atomic_save({"state_dict": to_torchreid(sd)}, args.out)
+        print(f"wrote {args.out}: torchreid state dict ({{'state_dict': ...}}), {num_classes_of(sd)} identities")
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """``synth``: generate the synthetic benchmark (hacnn.data.synthetic)."""
+    from .data.synthetic import run_synth as synth
+
+    synth(args)
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """``reproduce`` placeholder: a quick run on the synthetic benchmark, prints Rank-1 / mAP.
+
+    The notebook runner (papermill over notebooks/, results table) replaces
+    this function; it keeps the signature ``run_reproduce(args) -> int``.
+    """
+    from .experiment import run_experiment
+
+    result = run_experiment("synthetic", args.out, quick=True, force=args.force, device=args.device,
+                            seed=args.seed, progress=not args.no_progress, verbose=True)
+    final = result.final
+    print(f"synthetic (tiny), quick run, epoch {final['epoch']}: "
+          f"Rank-1 {100 * final['rank1']:.1f}%  mAP {100 * final['mAP']:.1f}%  ({result.out_dir})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hacnn", description="HA-CNN (Li, Zhu & Gong, CVPR 2018): train, evaluate, "
+        "convert torchreid weights, generate the synthetic benchmark, reproduce the results.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train HA-CNN on a dataset", description=(
+        "Train HA-CNN from scratch (identity cross-entropy on the global and local heads) into "
+        "--out: last.pth every epoch, best.pth by mAP, log.csv and log.json. A folder that holds "
+        "a run is never overwritten without --resume or --force."))
+    _train_arguments(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint", description=(
+        "Evaluate a checkpoint (hacnn or torchreid) on a dataset's query/gallery split and print "
+        "Rank-1/5/10/20, mAP and mINP."))
+    p.add_argument("--weights", type=Path, required=True, help="hacnn or torchreid checkpoint")
+    _dataset_arguments(p)
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    p.add_argument("--flip", action="store_true", help="average features of image and mirror image")
+    p.add_argument("--batch-size", type=int, default=128, help="test batch size (default: 128)")
+    p.add_argument("--workers", type=int, default=None, help="data loader processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("convert", help="convert torchreid <-> hacnn weights", description=(
+        "Convert a torchreid HACNN checkpoint into a hacnn checkpoint (--from-torchreid) or back "
+        "(--to-torchreid). Files are read with weights_only=True."))
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-torchreid", type=Path, metavar="IN", help="torchreid HACNN checkpoint to read")
+    way.add_argument("--to-torchreid", type=Path, metavar="IN", help="hacnn checkpoint to read")
+    p.add_argument("--out", type=Path, required=True, help="file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(func=run_convert)
+
+    from .data.synthetic import add_synth_arguments
+    p = sub.add_parser("synth", help="generate the synthetic re-id benchmark",
+                       description="Generate the deterministic synthetic re-id benchmark in "
+                       "Market-1501's layout.")
+    add_synth_arguments(p)
+    p.set_defaults(func=run_synth)
+
+    p = sub.add_parser("reproduce", help="reproduce the results (for now: a quick synthetic run)",
+                       description="Placeholder until the notebook runner lands: train the quick "
+                       "preset on the synthetic benchmark and print Rank-1 and mAP.")
+    p.add_argument("--out", type=Path, default=Path("runs") / time.strftime("reproduce-%Y%m%d-%H%M%S"),
+                   help="run folder (default: runs/reproduce-<date>-<time>)")
+    p.add_argument("--force", action="store_true", help="overwrite a previous run in --out")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .data import DatasetLayoutError
+    from .training import NonFiniteLossError
+
+    try:
+        return args.func(args)
+    except (FileExistsError, FileNotFoundError, CheckpointError, DatasetLayoutError,
+            NonFiniteLossError, ValueError) as e:
+        print(f"hacnn {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

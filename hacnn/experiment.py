@@ -1,0 +1,156 @@
+"""Whole runs from names: dataset -> loaders -> HA-CNN -> Trainer -> results.
+
+What ``python -m hacnn train`` / ``evaluate`` do, as functions a notebook
+can call::
+
+    from hacnn.experiment import run_experiment
+    result = run_experiment("synthetic", "runs/quick", quick=True)
+    result.final["rank1"], result.final["mAP"]
+
+``quick=True`` is the preset the notebooks and CI use: the ``tiny``
+synthetic benchmark and a few epochs, about 1-2 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model, safe_load
+from .config import HACNNConfig, TrainConfig
+from .model import HACNN
+from .training import LAST, RUN_JSON, Trainer, make_evaluator, prepare_run_folder, resolve_device, \
+    seed_everything
+
+DATASET_NAMES = ("synthetic", "market1501", "dukemtmcreid", "cuhk03-labeled", "cuhk03-detected")
+# Evaluation protocol per dataset (hacnn.evaluation): CUHK03 uses the 767/700 split.
+PROTOCOLS = {"cuhk03-labeled": "cuhk03", "cuhk03-detected": "cuhk03"}
+# The quick preset: tiny synthetic benchmark (24 train ids, ~200 images), 8 epochs.
+QUICK_DATA = {"synthetic_size": "tiny"}
+QUICK_TRAIN = {"epochs": 8, "eval_every": 4, "batch_size": 32, "num_instances": 4}
+# Model switches of the paper's ablations (Table 6) by their CLI names.
+ABLATIONS = {"no_local": "local_branch", "no_soft": "soft_attention",
+             "no_hard": "hard_attention", "no_cail": "cross_attention"}
+
+
+@dataclass
+class RunResult:
+    """A finished (or resumed-and-finished) run."""
+
+    out_dir: Path
+    history: list[dict]          # one row per epoch (see hacnn.logging_utils.LOG_COLUMNS)
+    final: dict                  # the last evaluated row ({} if never evaluated)
+    best: dict                   # the row with the best mAP ({} if never evaluated)
+    trainer: Trainer
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, *,
+                 synthetic_size: str | None = None, **kwargs):
+    """``hacnn.data.build_dataset`` with the synthetic benchmark's ``size`` passed through."""
+    from .data import build_dataset
+
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if name == "synthetic" and synthetic_size is not None:
+        kwargs["size"] = synthetic_size
+    return build_dataset(name, root, **kwargs)
+
+
+def _test_loaders(dataset, config: HACNNConfig, batch_size: int, workers: int | None):
+    from .data import build_test_loaders
+
+    h, w = config.input_size
+    return build_test_loaders(dataset, batch_size, height=h, width=w, workers=workers)
+
+
+def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "runs/hacnn", *,
+                   root: str | os.PathLike | None = None, synthetic_size: str | None = None,
+                   quick: bool = False, resume: bool = False, force: bool = False,
+                   model: HACNNConfig | dict | None = None, device: str | torch.device | None = None,
+                   progress: bool = True, verbose: bool | None = None, test_batch_size: int = 128,
+                   **train) -> RunResult:
+    """Train HA-CNN on ``dataset`` into ``out_dir`` and return its history and metrics.
+
+    ``train`` keywords are :class:`TrainConfig` fields (``epochs``, ``lr``,
+    ``recipe``, ``amp``, ...); ``model`` holds :class:`HACNNConfig` fields
+    (``num_classes`` comes from the data). ``quick`` applies
+    :data:`QUICK_DATA` / :data:`QUICK_TRAIN` under the explicit keywords.
+    ``resume`` continues ``out_dir/last.pth`` with the saved settings
+    (dataset, model, training; only ``epochs`` may be raised); ``force``
+    overwrites a previous run in ``out_dir``.
+    """
+    from .data import build_train_loader
+
+    out = prepare_run_folder(out_dir, resume=resume, force=force)
+    device = resolve_device(device)
+    ckpt = None
+    if resume:
+        ckpt = safe_load(out / LAST)
+        saved = json.loads((out / RUN_JSON).read_text()) if (out / RUN_JSON).is_file() else {}
+        dataset = saved.get("dataset", dataset)
+        root = saved.get("root", root) if root is None else root
+        synthetic_size = saved.get("synthetic_size", synthetic_size)
+        model_cfg = HACNNConfig.from_dict(ckpt["config"])
+        train_cfg = TrainConfig.from_dict(ckpt["train"]["config"])
+        if train.get("epochs"):
+            train_cfg = replace(train_cfg, epochs=train["epochs"])
+    else:
+        if quick:
+            synthetic_size = synthetic_size or QUICK_DATA["synthetic_size"]
+            train = {**QUICK_TRAIN, **{k: v for k, v in train.items() if v is not None}}
+        train_cfg = TrainConfig(**{k: v for k, v in train.items() if v is not None})
+        model_cfg = model if isinstance(model, HACNNConfig) else HACNNConfig(**(model or {}))
+    seed_everything(train_cfg.seed, train_cfg.deterministic)
+    data = load_dataset(dataset, root, synthetic_size=synthetic_size)
+    net = HACNN(data.num_train_pids, config=model_cfg)
+    h, w = net.config.input_size
+    train_loader = build_train_loader(data, train_cfg.batch_size, train_cfg.num_instances, height=h,
+                                      width=w, workers=train_cfg.workers, seed=train_cfg.seed)
+    query, gallery = _test_loaders(data, net.config, test_batch_size, train_cfg.workers)
+    evaluator = make_evaluator(query, gallery, device=device, protocol=PROTOCOLS.get(dataset, "market"))
+    trainer = Trainer(net, train_loader, train_cfg, out, evaluator=evaluator, device=device,
+                      progress=progress, verbose=verbose, overwrite=force)
+    if ckpt is not None:
+        trainer.resume(ckpt)
+    else:
+        info = {"dataset": dataset, "root": None if root is None else str(root),
+                "synthetic_size": synthetic_size, "num_train_pids": data.num_train_pids}
+        (out / RUN_JSON).write_text(json.dumps(info, indent=1) + "\n")
+    history = trainer.fit()
+    evaluated = [r for r in history if "mAP" in r and r["mAP"] is not None]
+    final = evaluated[-1] if evaluated else {}
+    best = max(evaluated, key=lambda r: r["mAP"]) if evaluated else {}
+    return RunResult(out, history, final, best, trainer)
+
+
+def evaluate_checkpoint(weights: str | os.PathLike, dataset: str = "synthetic", *,
+                        root: str | os.PathLike | None = None, synthetic_size: str | None = None,
+                        rerank: bool = False, flip: bool = False, device=None,
+                        batch_size: int = 128, workers: int | None = None, progress: bool = True):
+    """Evaluate a checkpoint (hacnn or torchreid) on ``dataset``'s query/gallery split.
+
+    Returns a :class:`hacnn.evaluation.RankResult`.
+    """
+    from .evaluation import evaluate_model
+
+    device = resolve_device(device)
+    model = load_model(weights).to(device).eval()
+    data = load_dataset(dataset, root, synthetic_size=synthetic_size)
+    query, gallery = _test_loaders(data, model.config, batch_size, workers)
+    return evaluate_model(model, query, gallery, rerank=rerank, flip=flip, device=device,
+                          protocol=PROTOCOLS.get(dataset, "market"), progress=progress)
+
+
+def format_result(result, title: str = "") -> str:
+    """A small text table of a RankResult (or its ``row()``): Rank-1/5/10/20, mAP, mINP (%)."""
+    row = result.row() if hasattr(result, "row") else result
+    keys = [("Rank-1", "rank1"), ("Rank-5", "rank5"), ("Rank-10", "rank10"),
+            ("Rank-20", "rank20"), ("mAP", "mAP"), ("mINP", "mINP")]
+    keys = [(label, k) for label, k in keys if row.get(k) is not None]
+    head = " | ".join(f"{label:>7}" for label, _ in keys)
+    vals = " | ".join(f"{100 * row[k]:6.1f}%" for _, k in keys)
+    lines = [title] if title else []
+    return "\n".join(lines + [head, "-" * len(head), vals])

@@ -1,0 +1,113 @@
+"""python -m hacnn: help texts, run-folder safety, clear errors, convert round trip."""
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from hacnn.__main__ import build_parser, main
+from hacnn.checkpoint import load_model, safe_load
+
+SUBCOMMANDS = ("train", "evaluate", "convert", "synth", "reproduce")
+
+
+def _help(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_top_level_help_runs_as_module():
+    out = subprocess.run([sys.executable, "-m", "hacnn", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0
+    assert all(cmd in out.stdout for cmd in SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("train", ["--dataset", "--root", "--epochs", "--batch-size", "--lr", "--recipe", "--amp",
+               "--eval-every", "--seed", "--workers", "--out", "--resume", "--force", "--quick",
+               "--no-local", "--no-soft", "--no-hard", "--no-cail", "--grad-clip", "--channels-last"]),
+    ("evaluate", ["--weights", "--dataset", "--rerank", "--flip"]),
+    ("convert", ["--from-torchreid", "--to-torchreid", "--out"]),
+    ("synth", ["--size", "--misalignment", "--seed", "--out"]),
+    ("reproduce", ["--out", "--force", "--seed"]),
+])
+def test_every_subcommand_has_help(capsys, command, flags):
+    text = _help(capsys, command)
+    assert text.startswith(f"usage: python -m hacnn {command}")
+    for flag in flags:
+        assert flag in text, flag
+
+
+def test_train_defaults_are_the_adam_recipe():
+    args = build_parser().parse_args(["train"])
+    assert args.recipe is None and args.epochs is None and args.amp is None   # recipe fills them
+    from hacnn.config import TrainConfig
+    cfg = TrainConfig()
+    assert (cfg.recipe, cfg.lr, cfg.batch_size) == ("adam", 3e-4, 32)
+
+
+def test_refuses_to_overwrite_a_run_folder(tmp_path, capsys):
+    (tmp_path / "last.pth").write_bytes(b"previous run")
+    assert main(["train", "--out", str(tmp_path), "--epochs", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "--resume" in err and "--force" in err
+    assert (tmp_path / "last.pth").read_bytes() == b"previous run"          # untouched
+
+
+def test_resume_needs_a_checkpoint(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "new"), "--resume"]) == 1
+    assert "holds no last.pth" in capsys.readouterr().err
+
+
+def test_bad_dataset_name_is_a_clear_error(capsys):
+    for argv in (["train", "--dataset", "market"], ["evaluate", "--weights", "x.pth", "--dataset", "viper"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "invalid choice" in err and "market1501" in err and "cuhk03-detected" in err
+
+
+def test_missing_dataset_folder_names_what_was_expected(tmp_path, capsys):
+    argv = ["train", "--dataset", "market1501", "--root", str(tmp_path), "--out", str(tmp_path / "run"),
+            "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Market-1501" in err and "bounding_box_train" in err and str(tmp_path) in err
+
+
+def test_quick_is_synthetic_only(tmp_path, capsys):
+    assert main(["train", "--quick", "--dataset", "market1501", "--out", str(tmp_path)]) == 1
+    assert "--quick" in capsys.readouterr().err
+
+
+def test_convert_round_trip_with_torchreid(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchreid.reid.models.hacnn import HACNN as TorchreidHACNN
+    torch.manual_seed(0)
+    reference = TorchreidHACNN(7, use_gpu=False).eval()
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, tmp_path / "torchreid.pth.tar")
+
+    ours, back = tmp_path / "hacnn.pth", tmp_path / "back.pth.tar"
+    assert main(["convert", "--from-torchreid", str(tmp_path / "torchreid.pth.tar"), "--out", str(ours)]) == 0
+    assert main(["convert", "--to-torchreid", str(ours), "--out", str(back)]) == 0
+    assert "7 identities" in capsys.readouterr().out
+
+    ckpt = safe_load(ours)
+    assert ckpt["format"] == "hacnn" and ckpt["config"]["num_classes"] == 7
+    model = load_model(ours).eval()
+    x = torch.rand(2, 3, 160, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
+
+    original, returned = reference.state_dict(), safe_load(back)["state_dict"]
+    assert list(returned) == list(original)
+    assert all(torch.equal(returned[k], original[k]) for k in original)
+
+    assert main(["convert", "--to-torchreid", str(ours), "--out", str(back)]) == 1   # exists
+    assert "--force" in capsys.readouterr().err
