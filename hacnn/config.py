@@ -119,8 +119,8 @@ class TrainConfig:
     ``amp``: None, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a
     GradScaler). ``grad_clip``: max global gradient norm (None: off).
     ``eval_every``: evaluate every N epochs and after the last (0: never).
-    ``num_instances``: images per identity in a batch (identity sampler);
-    0 samples images uniformly.
+    ``num_instances``: images per identity in a batch (the P x K identity
+    sampler of ``hacnn.data``).
     """
 
     recipe: str = "adam"
@@ -131,11 +131,11 @@ class TrainConfig:
     milestones: tuple[float, ...] | None = None
     gamma: float = 0.1
     batch_size: int = 32
-    num_instances: int = 0
+    num_instances: int = 4
     label_smoothing: float = 0.0
     eval_every: int = 10
     seed: int = 0
-    workers: int = 2
+    workers: int | None = None             # loader processes; None: hacnn.data's default
     amp: str | None = None
     channels_last: bool = False
     grad_clip: float | None = None
@@ -155,10 +155,10 @@ class TrainConfig:
                              f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(f"milestones are fractions of the run in (0, 1), got {self.milestones}")
-        if self.num_instances < 0 or (self.num_instances and self.batch_size % self.num_instances):
+        if self.num_instances < 1 or self.batch_size % self.num_instances:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of "
                              f"num_instances ({self.num_instances})")
-        if self.eval_every < 0 or self.workers < 0:
+        if self.eval_every < 0 or (self.workers is not None and self.workers < 0):
             raise ValueError("eval_every and workers must be >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
