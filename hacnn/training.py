@@ -381,6 +381,10 @@ class Trainer:
         self.scaler.load_state_dict(train["scaler"])
         set_rng_state(train["rng"])
         set_data_state(self.train_loader, train["data"])
+        if getattr(self.train_loader, "num_workers", 0) > 0:
+            warnings.warn("resuming with loader workers: the batch order continues exactly, but random "
+                          "augmentations drawn inside worker processes restart (workers=0 resumes "
+                          "bit for bit)", stacklevel=2)
         self.epoch = int(train["epoch"])
         self.history = list(train["history"])
         self.best_map, self.best_epoch = float(train["best_map"]), train["best_epoch"]

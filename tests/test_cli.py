@@ -111,3 +111,51 @@ def test_convert_round_trip_with_torchreid(tmp_path, capsys):
 
     assert main(["convert", "--to-torchreid", str(ours), "--out", str(back)]) == 1   # exists
     assert "--force" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- end to end
+
+TINY_MODEL = {"channels": (32, 64, 96), "feat_dim": 32, "input_size": (32, 16),
+              "local_sizes": ((8, 8), (4, 4), (2, 2))}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and stay fast when pytest-xdist shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory):
+    from hacnn.data import build_dataset
+    root = tmp_path_factory.mktemp("synthetic")
+    build_dataset("synthetic", root, size="tiny", workers=1)
+    return root
+
+
+def test_experiment_trains_resumes_and_evaluates_on_synthetic(tiny_synthetic, tmp_path, capsys, one_thread):
+    from hacnn.experiment import run_experiment
+    from hacnn.logging_utils import read_log
+
+    run = tmp_path / "run"
+    kw = dict(root=tiny_synthetic, model=TINY_MODEL, workers=0, progress=False, verbose=False)
+    result = run_experiment("synthetic", run, epochs=2, eval_every=1, lr=1e-3, **kw)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert result.history[1]["loss"] < result.history[0]["loss"]
+    assert 0 <= result.final["rank1"] <= 1 and 0 < result.final["mAP"] <= 1
+    assert result.final["rank1"] <= result.final["rank5"] <= result.final["rank20"]
+    assert result.trainer.model.config.num_classes == 24          # tiny synthetic: 24 train ids
+
+    resumed = run_experiment("synthetic", run, resume=True, epochs=3, **kw)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert resumed.history[:2] == result.history                  # kept from the checkpoint
+    assert read_log(run)["status"] == "finished"
+
+    assert main(["evaluate", "--weights", str(run / "best.pth"), "--dataset", "synthetic",
+                 "--root", str(tiny_synthetic), "--workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    best = resumed.best
+    assert "Rank-1" in out and "mAP" in out and f"{100 * best['mAP']:6.1f}%" in out
