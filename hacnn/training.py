@@ -21,13 +21,11 @@ cannot be saved and restart on resume.
 from __future__ import annotations
 
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -36,6 +34,7 @@ from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, safe_load
 from .config import TrainConfig
 from .logging_utils import CSV_NAME, EVAL_COLUMNS, JSON_NAME, rss_mb, write_logs
 from .losses import HACNNLoss
+from .reproducibility import get_data_state, get_rng_state, seed_everything, set_data_state, set_rng_state
 
 LAST, BEST = "last.pth", "best.pth"
 RUN_JSON = "run.json"                # what the run was trained on (written by hacnn.experiment)
@@ -59,18 +58,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch (all devices); ``deterministic`` pins cuDNN algorithms.
-
-    On CPU, training is then bitwise reproducible for a fixed thread count.
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
 
 
 def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool = False,
@@ -119,64 +106,6 @@ def make_evaluator(query_loader, gallery_loader, *, device=None, flip: bool = Fa
         return evaluate_model(model, query_loader, gallery_loader, device=device, flip=flip,
                               rerank=rerank, protocol=protocol, progress=progress).row()
     return evaluate
-
-
-# ----------------------------------------------------------------------------- RNG states
-
-def get_rng_state() -> dict:
-    """torch (CPU + CUDA), numpy and python RNG states as tensors and plain values."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss": py_gauss},
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`get_rng_state`."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
-
-
-def _generators(loader) -> dict[str, torch.Generator]:
-    """The torch generators a loader draws from (its own, its sampler's, its dataset's)."""
-    owners = {"loader": loader, "sampler": getattr(loader, "sampler", None),
-              "dataset": getattr(loader, "dataset", None)}
-    return {name: obj.generator for name, obj in owners.items()
-            if isinstance(getattr(obj, "generator", None), torch.Generator)}
-
-
-def get_data_state(loader) -> dict:
-    """Generator states and the sampler's ``(epoch, seed)`` of a training loader."""
-    sampler = getattr(loader, "sampler", None)
-    state = {"generators": {k: g.get_state() for k, g in _generators(loader).items()}}
-    if hasattr(sampler, "set_epoch"):
-        state["sampler"] = {"epoch": int(getattr(sampler, "epoch", 0)),
-                            "seed": int(getattr(sampler, "seed", 0))}
-    return state
-
-
-def set_data_state(loader, state: dict) -> None:
-    """Inverse of :func:`get_data_state` (generators missing on either side are skipped)."""
-    for name, gen in _generators(loader).items():
-        if name in state["generators"]:
-            gen.set_state(state["generators"][name])
-    sampler = getattr(loader, "sampler", None)
-    if "sampler" in state and hasattr(sampler, "set_epoch"):
-        if hasattr(sampler, "seed"):
-            sampler.seed = state["sampler"]["seed"]
-        sampler.set_epoch(state["sampler"]["epoch"])
 
 
 # ----------------------------------------------------------------------------- trainer
