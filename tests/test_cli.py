@@ -85,6 +85,46 @@ def test_quick_is_synthetic_only(tmp_path, capsys):
     assert "--quick" in capsys.readouterr().err
 
 
+def _capture_run_experiment(monkeypatch):
+    """Replace run_experiment by a recorder returning a finished-looking result."""
+    import hacnn.experiment
+    calls = []
+
+    def fake(dataset, out_dir, **kw):
+        calls.append({"dataset": dataset, "out_dir": out_dir, **kw})
+        row = {"epoch": 8, "rank1": 0.5, "rank5": 0.75, "mAP": 0.25}
+        return hacnn.experiment.RunResult(out_dir, [row], row, row, None)
+    monkeypatch.setattr(hacnn.experiment, "run_experiment", fake)
+    return calls
+
+
+def test_train_flags_reach_the_experiment(monkeypatch, tmp_path, capsys):
+    calls = _capture_run_experiment(monkeypatch)
+    argv = ["train", "--dataset", "cuhk03-detected", "--root", str(tmp_path), "--recipe", "sgd",
+            "--epochs", "3", "--amp", "bf16", "--lr", "0.01", "--eval-every", "2", "--seed", "7",
+            "--no-local", "--no-cail", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    kw = calls[0]
+    assert kw["dataset"] == "cuhk03-detected" and kw["out_dir"] == tmp_path / "run"
+    assert (kw["recipe"], kw["epochs"], kw["amp"], kw["lr"], kw["eval_every"], kw["seed"]) == \
+        ("sgd", 3, "bf16", 0.01, 2, 7)
+    assert kw["model"] == {"local_branch": False, "cross_attention": False}
+    assert kw["batch_size"] is None and kw["quick"] is False          # recipe / preset defaults
+    assert "Rank-1" in capsys.readouterr().out
+
+    assert main(["train", "--quick"]) == 0
+    assert calls[1]["quick"] is True and str(calls[1]["out_dir"]) == "runs/quick"
+
+
+def test_reproduce_placeholder_is_a_quick_synthetic_run(monkeypatch, tmp_path, capsys):
+    from hacnn.__main__ import run_reproduce
+    calls = _capture_run_experiment(monkeypatch)
+    assert main(["reproduce", "--out", str(tmp_path)]) == 0
+    assert calls[0]["dataset"] == "synthetic" and calls[0]["quick"] is True
+    assert "Rank-1 50.0%  mAP 25.0%" in capsys.readouterr().out
+    assert build_parser().parse_args(["reproduce"]).func is run_reproduce
+
+
 def test_convert_round_trip_with_torchreid(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

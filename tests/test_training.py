@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 import os
 import random
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from hacnn import HACNN
 from hacnn.checkpoint import CheckpointError, atomic_save, load_model, safe_load
 from hacnn.config import TrainConfig
-from hacnn.logging_utils import LOG_COLUMNS, TRAIN_COLUMNS, read_log
+from hacnn.logging_utils import LOG_COLUMNS, read_log
 from hacnn.training import (NonFiniteLossError, RunExistsError, Trainer, build_optimizer,
                             build_scheduler, get_rng_state, prepare_run_folder, set_rng_state)
 
