@@ -193,6 +193,10 @@ def test_experiment_trains_resumes_and_evaluates_on_synthetic(tiny_synthetic, tm
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == result.history                  # kept from the checkpoint
     assert read_log(run)["status"] == "finished"
+    # the real loader (P x K sampler, seeded augmentation) continues exactly
+    straight = run_experiment("synthetic", tmp_path / "straight", epochs=3, eval_every=1, lr=1e-3, **kw)
+    for key in ("loss", "acc_global", "acc_local", "mAP"):
+        assert [r[key] for r in resumed.history] == [r[key] for r in straight.history], key
 
     assert main(["evaluate", "--weights", str(run / "best.pth"), "--dataset", "synthetic",
                  "--root", str(tiny_synthetic), "--workers", "0", "--no-progress"]) == 0
