@@ -217,12 +217,20 @@ def test_synthetic_default_root_and_data_root(tmp_path, monkeypatch):
     ds = S.Synthetic(tmp_path / "data", workers=1, **SMALL)
     assert ds.root == tmp_path / "data" / "synthetic" / ds.config.name
     assert S.Synthetic(ds.root).manifest == ds.manifest  # read back, no parameters needed
+    cached = S.Synthetic(workers=1, **SMALL)  # default root: $HACNN_DATA/synthetic/<name>
+    assert cached.root == tmp_path / "data" / "synthetic" / cached.config.name
+    manifest = json.loads((cached.root / "synthetic.json").read_text())
+    manifest["version"] = 0  # an outdated benchmark in our cache is replaced
+    (cached.root / "synthetic.json").write_text(json.dumps(manifest))
+    assert S.Synthetic(workers=1, **SMALL).manifest["version"] == S.VERSION
     monkeypatch.setenv("HACNN_DATA", str(tmp_path / "missing" / "nope"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert S.default_root(cfg) == tmp_path / "cache" / "hacnn" / "synthetic" / cfg.name
 
 
 def test_config_validation():
+    cfg = SyntheticConfig.for_size("tiny", misalignment=0.1 + 0.2, seed=np.int64(3))
+    assert (cfg.misalignment, type(cfg.seed)) == (0.3, int) and cfg.name == "tiny-m0.3-s3"
     with pytest.raises(ValueError, match="misalignment"):
         SyntheticConfig.for_size("tiny", misalignment=1.5)
     with pytest.raises(ValueError, match="num_cameras"):

@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import shutil
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +180,8 @@ class Synthetic(Market1501):
     (generated there), or a data root with other content (generated into
     ``root/synthetic/<size>-m<misalignment>-s<seed>``); ``None`` means
     :func:`default_root`. Unset parameters take the ``size`` preset's values
-    (``size`` defaults to ``"default"``). ``.manifest`` holds the parameters,
+    (``size`` defaults to ``"default"``); a benchmark of an older generator
+    version in the default folder is replaced. ``.manifest`` holds the parameters,
     cameras and per-identity attributes; ``.config`` the
     :class:`SyntheticConfig`.
     """
@@ -193,22 +194,25 @@ class Synthetic(Market1501):
     def __init__(self, root: str | os.PathLike | None = None, size: str | None = None, *,
                  misalignment: float | None = None, seed: int | None = None, workers: int = 2,
                  strict: bool = False, **overrides) -> None:
-        wanted = {"size": size, "misalignment": misalignment, "seed": seed, **overrides}
-        path = Path(root).expanduser() if root is not None else None
+        given = {k: v for k, v in dict(size=size, misalignment=misalignment, seed=seed,
+                                       **overrides).items() if v is not None}
+        path = Path(root).expanduser().absolute() if root is not None else None
         manifest = read_manifest(path) if path is not None else None
-        if manifest is None or any(v is not None and manifest["params"].get(k) != v
-                                   for k, v in wanted.items()):
+        found = SyntheticConfig(**manifest["params"]) if manifest else None
+        if found is None or replace(found, **given) != found or manifest["version"] != VERSION:
             cfg = SyntheticConfig.for_size(size or "default", misalignment=misalignment,
                                            seed=seed, **overrides)
-            if path is None:
-                path = default_root(cfg)
-            elif manifest is None and path.is_dir() and any(path.iterdir()):
-                path = path / "synthetic" / cfg.name
-            path = generate_synthetic(path, config=cfg, workers=workers)
+            if path is None:  # our cache: an outdated benchmark there is replaced
+                path = generate_synthetic(default_root(cfg), config=cfg, workers=workers,
+                                          overwrite=True)
+            else:
+                if manifest is None and path.is_dir() and any(path.iterdir()):
+                    path = path / "synthetic" / cfg.name
+                path = generate_synthetic(path, config=cfg, workers=workers)
             manifest = read_manifest(path)
         self.root = path
         self.manifest = manifest
-        self.config = SyntheticConfig(**manifest["params"])
+        self.config = SyntheticConfig(**manifest["params"])  # type: ignore[index]
         super().__init__(path, strict=strict)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -54,6 +54,11 @@ class SyntheticConfig:
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
+        # plain JSON-able values; misalignment rounded so that its folder name is exact
+        for f in fields(self):
+            value = round(float(getattr(self, f.name)), 4) if f.type == "float" else \
+                int(getattr(self, f.name)) if f.type == "int" else getattr(self, f.name)
+            object.__setattr__(self, f.name, value)
         if not 0.0 <= self.misalignment <= 1.0:
             raise ValueError(f"misalignment must lie in [0, 1], got {self.misalignment}")
         if not 2 <= self.num_cameras <= 9:
