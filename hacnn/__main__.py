@@ -12,20 +12,22 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from .config import RECIPES
+from .training import RUN_JSON
 
 DEFAULT_DATASET = "synthetic"
 
 
-def _dataset_arguments(p: argparse.ArgumentParser, default: str | None = DEFAULT_DATASET) -> None:
+def _dataset_arguments(p: argparse.ArgumentParser, default_help: str) -> None:
     from .experiment import DATASET_NAMES
 
-    p.add_argument("--dataset", choices=DATASET_NAMES, default=default, metavar="NAME",
-                   help=f"one of {', '.join(DATASET_NAMES)} (default: {default or DEFAULT_DATASET})")
+    p.add_argument("--dataset", choices=DATASET_NAMES, metavar="NAME",
+                   help=f"one of {', '.join(DATASET_NAMES)} (default: {default_help})")
     p.add_argument("--root", type=Path, help="data root (default: $HACNN_DATA; the synthetic "
                    "benchmark is generated there or under ~/.cache/hacnn on first use)")
     p.add_argument("--synthetic-size", choices=("tiny", "default", "large"),
@@ -34,7 +36,7 @@ def _dataset_arguments(p: argparse.ArgumentParser, default: str | None = DEFAULT
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    _dataset_arguments(p, default=None)
+    _dataset_arguments(p, "synthetic; with --resume, the run's own")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>-<recipe>, "
                    "runs/quick with --quick)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pth")
@@ -99,11 +101,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: a checkpoint on a dataset's query/gallery split; prints the table."""
     from .experiment import evaluate_checkpoint, format_result
 
-    result = evaluate_checkpoint(args.weights, args.dataset, root=args.root,
-                                 synthetic_size=args.synthetic_size, rerank=args.rerank, flip=args.flip,
-                                 device=args.device, batch_size=args.batch_size, workers=args.workers,
+    dataset, root, size = args.dataset, args.root, args.synthetic_size
+    run_info = Path(args.weights).parent / RUN_JSON
+    if dataset is None and run_info.is_file():      # a run folder's checkpoint: its own data
+        saved = json.loads(run_info.read_text())
+        dataset, size = saved["dataset"], size or saved.get("synthetic_size")
+        root = root or saved.get("root")
+    dataset = dataset or DEFAULT_DATASET
+    result = evaluate_checkpoint(args.weights, dataset, root=root, synthetic_size=size,
+                                 rerank=args.rerank, flip=args.flip, device=args.device,
+                                 batch_size=args.batch_size, workers=args.workers,
                                  progress=not args.no_progress)
-    title = f"{args.weights} on {args.dataset}" + (" + re-ranking" if args.rerank else "") + \
+    title = f"{args.weights} on {dataset}" + (" + re-ranking" if args.rerank else "") + \
         (" + flip" if args.flip else "")
     print(format_result(result, title))
     print(f"({result.num_valid_queries} queries; {result.num_skipped_queries} without a match skipped)")
@@ -172,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Evaluate a checkpoint (hacnn or torchreid) on a dataset's query/gallery split and print "
         "Rank-1/5/10/20, mAP and mINP."))
     p.add_argument("--weights", type=Path, required=True, help="hacnn or torchreid checkpoint")
-    _dataset_arguments(p)
+    _dataset_arguments(p, "the one in run.json beside --weights, else synthetic")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
     p.add_argument("--flip", action="store_true", help="average features of image and mirror image")
     p.add_argument("--batch-size", type=int, default=128, help="test batch size (default: 128)")
