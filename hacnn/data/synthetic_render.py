@@ -86,8 +86,11 @@ def sample_identity(rng: np.random.Generator) -> dict:
 def ellipse(cx, cy, rx, ry, clip_y=None):
     """An ellipse; ``clip_y`` keeps only the part above that line."""
     def sdf(X, Y):
-        d = (np.sqrt(((X - cx) / rx) ** 2 + ((Y - cy) / ry) ** 2) - 1) * min(rx, ry)
-        return d if clip_y is None else np.maximum(d, Y - clip_y)
+        d = ((X - cx) * (1 / rx)) ** 2 + ((Y - cy) * (1 / ry)) ** 2  # (h, w) from (1, w), (h, 1)
+        d = np.sqrt(d, out=d)
+        d -= 1
+        d *= min(rx, ry)
+        return d if clip_y is None else np.maximum(d, Y - clip_y, out=d)
     return (cx - rx, cy - ry, cx + rx, cy + ry), sdf
 
 
@@ -99,7 +102,7 @@ def rect(x0, y0, x1, y1):
 def trapezoid(cx, y0, y1, hw0, hw1):
     """A vertical trapezoid: half-width ``hw0`` at ``y0`` to ``hw1`` at ``y1``."""
     def sdf(X, Y):
-        hw = hw0 + (hw1 - hw0) * np.clip((Y - y0) / (y1 - y0), 0, 1)
+        hw = hw0 + (hw1 - hw0) * np.clip((Y - y0) / (y1 - y0), 0, 1)  # (h, 1)
         return np.maximum(np.abs(X - cx) - hw, np.maximum(y0 - Y, Y - y1))
     hw = max(hw0, hw1)
     return (cx - hw, y0, cx + hw, y1), sdf
@@ -112,8 +115,12 @@ def capsule(ax, ay, bx, by, r0, r1=None):
     n = dx * dx + dy * dy + 1e-12
 
     def sdf(X, Y):
-        t = np.clip(((X - ax) * dx + (Y - ay) * dy) / n, 0, 1)
-        return np.hypot(X - ax - t * dx, Y - ay - t * dy) - (r0 + (r1 - r0) * t)
+        u, v = X - ax, Y - ay                         # (1, w), (h, 1)
+        t = u * (dx / n) + v * (dy / n)               # (h, w) position along the segment
+        t = np.minimum(np.maximum(t, 0, out=t), 1, out=t)
+        d = np.hypot(u - t * dx, v - t * dy)
+        d -= r0 if r0 == r1 else r0 + (r1 - r0) * t
+        return d
     r = max(r0, r1)
     return (min(ax, bx) - r, min(ay, by) - r, max(ax, bx) + r, max(ay, by) + r), sdf
 
@@ -126,24 +133,25 @@ def _span(start: float, step: float, n: int, lo: float, hi: float) -> slice | No
 
 
 class Canvas:
-    """A float RGB image (H, W, 3) with the world coordinates of its pixel centres.
+    """A float32 RGB image, channels first (3, H, W), with the world coordinates of
+    its pixel centres (channels first keeps numpy's inner loops long).
 
     Pixel column ``j`` lies at ``x = x0 + j * dx``, row ``i`` at ``y = y0 + i * dy``.
     """
 
     def __init__(self, img: np.ndarray, x0: float, dx: float, y0: float, dy: float):
         self.img, self.x0, self.dx, self.y0, self.dy = img, x0, dx, y0, dy
-        h, w = img.shape[:2]
-        self.xs = x0 + dx * np.arange(w)  # (W,)
-        self.ys = y0 + dy * np.arange(h)  # (H,)
+        h, w = img.shape[1:]
+        self.xs = (x0 + dx * np.arange(w)).astype(np.float32)  # (W,)
+        self.ys = (y0 + dy * np.arange(h)).astype(np.float32)  # (H,)
         self.px = math.sqrt(abs(dx * dy))  # pixel size, for anti-aliasing
 
     @classmethod
     def for_box(cls, box, height: int, width: int, fill=PLAIN) -> "Canvas":
         x0, y0, x1, y1 = box
         dx, dy = (x1 - x0) / width, (y1 - y0) / height
-        img = np.empty((height, width, 3), np.float32)
-        img[:] = fill
+        img = np.empty((3, height, width), np.float32)
+        img[:] = np.float32(fill)[:, None, None]
         return cls(img, x0 + dx / 2, dx, y0 + dy / 2, dy)
 
     def moved(self, dx=0.0, dy=0.0, scale=1.0, mirror=False) -> "Canvas":
@@ -159,33 +167,36 @@ class Canvas:
         pixels already there (``shade < 1`` then casts a shadow).
         """
         (x0, y0, x1, y1), sdf = shape
-        h, w = self.img.shape[:2]
+        h, w = self.img.shape[1:]
         cs = _span(self.x0, self.dx, w, x0 - self.px, x1 + self.px)
         rs = _span(self.y0, self.dy, h, y0 - self.px, y1 + self.px)
         if cs is None or rs is None:
             return
         X, Y = self.xs[None, cs], self.ys[rs, None]  # (1, w), (h, 1)
-        alpha = 0.5 - sdf(X, Y) * (1 / self.px)
-        alpha = np.minimum(np.maximum(alpha, 0, out=alpha), 1, out=alpha)[..., None]  # (h, w, 1)
-        region = self.img[rs, cs]
+        alpha = sdf(X, Y)  # a fresh (h, w) array: coverage = clip(0.5 - d / pixel, 0, 1)
+        alpha *= -1 / self.px
+        alpha += 0.5
+        alpha = np.minimum(np.maximum(alpha, 0, out=alpha), 1, out=alpha)
+        region = self.img[:, rs, cs]  # (3, h, w)
         col = region if color is None else color(X, Y) if callable(color) else \
-            np.asarray(color, np.float32)
-        region += alpha * (col * shade - region)
+            np.asarray(color, np.float32)[:, None, None]
+        diff = col * shade - region if shade != 1 else col - region
+        diff *= alpha
+        region += diff
 
 
 # --- people -------------------------------------------------------------------
 
 def _upper_fill(at: dict):
-    """Upper-body colour as a function of (X, Y): solid, stripes or checks."""
-    c1 = np.asarray(PALETTES["upper"][at["upper"]], np.float32)
-    c2 = np.asarray(PALETTES["upper"].get(at["upper2"], PALETTES["lower"].get(at["upper2"], c1)),
-                    np.float32)
+    """Upper-body colour, solid (RGB) or a function of (X, Y) -> (3, h, w): stripes, checks."""
+    c1 = np.asarray(PALETTES["upper"][at["upper"]], np.float32)[:, None, None]
+    c2 = np.asarray(PALETTES["upper"].get(at["upper2"], PALETTES["lower"].get(at["upper2"])),
+                    np.float32)[:, None, None]
     if at["pattern"] == "stripes":
-        return lambda X, Y: np.where((np.floor(Y / 0.045) % 2 == 0)[..., None], c1, c2)
+        return lambda X, Y: np.where(np.floor(Y / 0.045) % 2 == 0, c1, c2)
     if at["pattern"] == "checks":
-        return lambda X, Y: np.where(
-            ((np.floor(X / 0.04) + np.floor(Y / 0.04)) % 2 == 0)[..., None], c1, c2)
-    return tuple(c1)
+        return lambda X, Y: np.where((np.floor(X / 0.04) + np.floor(Y / 0.04)) % 2 == 0, c1, c2)
+    return PALETTES["upper"][at["upper"]]
 
 
 def draw_person(cv: Canvas, at: dict, view: str, phase: float) -> None:
@@ -233,8 +244,8 @@ def draw_person(cv: Canvas, at: dict, view: str, phase: float) -> None:
         cv.paint(rect(-ww - 0.004, y_waist, ww + 0.004, y_crotch + 0.01), lower)
 
     # torso, rounded shoulders
-    shaded = lambda X, Y: (upper(X, Y) if callable(upper) else np.float32(upper)) \
-        * (1 - 0.3 * np.minimum((X / sw) ** 2, 1))[..., None]  # noqa: E731 (a round body)
+    shaded = lambda X, Y: (upper(X, Y) if callable(upper) else np.float32(upper)[:, None, None]) \
+        * (1 - 0.3 * np.minimum((X / sw) ** 2, 1))  # noqa: E731 (a round body)
     cv.paint(trapezoid(0, y_sh + 0.01, y_waist + 0.03, sw, ww), shaded)
     cv.paint(capsule(-sw + 0.03, y_sh + 0.03, sw - 0.03, y_sh + 0.03, 0.03), upper)
     cv.paint(rect(-0.018, 0.12, 0.018, y_sh + 0.01), skin)  # neck

@@ -54,7 +54,7 @@ _BACKDROPS: dict[tuple, np.ndarray] = {}
 
 
 def backdrop(cam: dict) -> np.ndarray:
-    """Walls above the camera's horizon, ground below, as a world raster (NY, NX, 3).
+    """Walls above the camera's horizon, ground below, as a world raster (3, NY, NX).
 
     Drawn once per camera and process (made before the workers fork, it is shared).
     """
@@ -85,7 +85,8 @@ def backdrop(cam: dict) -> np.ndarray:
         upper = np.where(sky[..., None], np.float32([0.75, 0.82, 0.9]), upper)
         lower = np.where(((fx < 0.008) | (fy < 0.008))[..., None], floor * 0.75, floor) \
             * (1 + 0.12 * t)
-    _BACKDROPS[key] = np.where((Y < hz)[..., None], upper, lower).astype(np.float32)
+    image = np.where((Y < hz)[..., None], upper, lower).astype(np.float32)  # (NY, NX, 3)
+    _BACKDROPS[key] = np.ascontiguousarray(image.transpose(2, 0, 1))       # (3, NY, NX)
     return _BACKDROPS[key]
 
 
@@ -93,7 +94,7 @@ def draw_scene(cv: Canvas, cam: dict, rng: np.random.Generator, offset: float) -
     """The camera's backdrop panned by ``offset``, then a few objects of clutter."""
     ix = np.clip(((cv.xs + offset - X0) / STEP).astype(int), 0, NX - 1)
     iy = np.clip(((cv.ys - Y0) / STEP).astype(int), 0, NY - 1)
-    cv.img[:] = backdrop(cam)[iy[:, None], ix[None, :]]
+    cv.img[:] = backdrop(cam)[:, iy[:, None], ix[None, :]]
     accent = np.asarray(cam["accent"], np.float32)
     for _ in range(cam["clutter"] + (3 if cam["background"] == "bikes" else 0)):
         _clutter(cv, cam, rng, cam["background"], accent)
@@ -130,16 +131,19 @@ def _clutter(cv: Canvas, cam: dict, rng: np.random.Generator, style: str, accent
 
 
 def apply_camera(img: np.ndarray, cam: dict, rng: np.random.Generator) -> np.ndarray:
-    """Illumination, colour cast, blur, gamma, resolution and noise -> uint8 (H, W, 3)."""
-    h, w = img.shape[:2]
-    light = (cam["gain"] * rng.uniform(0.88, 1.12) * 255) * np.asarray(cam["cast"], np.float32) \
-        * (1 + cam["gradient"] * np.linspace(-0.5, 0.5, h, dtype=np.float32))[:, None, None]
-    img = img * light  # (H, W, 3) * (H, 1, 3)
+    """Illumination, colour cast, blur, gamma, resolution and noise: float (3, H, W) in
+    [0, 1] -> uint8 (H, W, 3)."""
+    h, w = img.shape[1:]
+    light = (cam["gain"] * rng.uniform(0.88, 1.12) * 255) \
+        * np.asarray(cam["cast"], np.float32)[:, None, None] \
+        * (1 + cam["gradient"] * np.linspace(-0.5, 0.5, h, dtype=np.float32))[:, None]
+    img = img * light  # (3, H, W) * (3, H, 1)
     a = np.float32(min(cam["blur"] ** 2 / 2, 0.32))  # 3-tap kernel (a, 1 - 2a, a), var = sigma^2
     if a > 0.005:
-        img[1:-1] += a * (img[:-2] + img[2:] - 2 * img[1:-1])
         img[:, 1:-1] += a * (img[:, :-2] + img[:, 2:] - 2 * img[:, 1:-1])
-    im = Image.fromarray(_gamma_lut(cam["gamma"])[np.clip(img + 0.5, 0, 255).astype(np.uint8)])
+        img[:, :, 1:-1] += a * (img[:, :, :-2] + img[:, :, 2:] - 2 * img[:, :, 1:-1])
+    img = _gamma_lut(cam["gamma"])[np.clip(img + 0.5, 0, 255).astype(np.uint8)]
+    im = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
     res = min(1.0, cam["resolution"] * rng.uniform(0.85, 1.2))
     if res < 0.97:
         im = im.resize((max(8, round(w * res)), max(16, round(h * res))), Image.BILINEAR)
@@ -188,5 +192,6 @@ def render_image(spec: dict, identity: dict | None, cam: dict, *, height: int = 
         if front:
             draw_person(cv.moved(dx, dy=0.25 * (scale - 1), scale=scale), at, view, phase)
     if plain:
-        return (np.clip(cv.img, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return np.ascontiguousarray((np.clip(cv.img, 0, 1) * 255 + 0.5).astype(np.uint8)
+                                    .transpose(1, 2, 0))
     return apply_camera(cv.img, cam, rng)
