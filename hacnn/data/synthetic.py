@@ -8,7 +8,30 @@ first use and reads it back. People are drawn from attributes out of small
 palettes (so that twins differing only in shoes, a bag or a hat exist), seen
 front/back/side by six cameras with their own scenes and sensors, and cropped
 with a detector-like ``misalignment`` (see DESIGN.md, "Synthetic re-id
-benchmark"; the drawing is in :mod:`hacnn.data.synthetic_render`).
+benchmark").
+
+Contents of a benchmark folder:
+
+- ``bounding_box_train/`` the train identities; ``query/`` one image (``_00``)
+  per test identity and camera it appears in; ``bounding_box_test/`` the other
+  images of the test identities, plus distractors (``0000``: scenery, or a
+  stranger badly cropped) and junk (``-1``: fragments of test identities,
+  which the evaluation ignores) in Market-1501's proportions: 2,793
+  distractors and 3,819 junk per 15,913 non-junk gallery boxes (17.6 % of the
+  non-junk gallery are distractors; junk adds 24 % of that count).
+- ``synthetic.json``: format, version, parameters, file counts, cameras and
+  every identity's attributes (``twin_of`` / ``differs_in`` for twins).
+- ``images.csv``: per image its view, walking phase, crop box (world units)
+  and person box (pixels: shoulders, head top, soles).
+
+Sizes (:data:`SIZES`): ``tiny`` 24 + 16 ids x ~8 images (352 files, ~1 s),
+``default`` 200 + 100 ids x ~30 images over 6 cameras (10,338 files, ~20 CPU
+seconds), ``large`` 751 + 750 ids x ~20 images (Market-1501's id counts).
+
+Modules: the plan (what every image shows) in
+:mod:`~hacnn.data.synthetic_plan`, people in
+:mod:`~hacnn.data.synthetic_render`, scenes and cameras in
+:mod:`~hacnn.data.synthetic_scene`.
 """
 from __future__ import annotations
 

@@ -67,8 +67,8 @@ class SyntheticConfig:
         if min(self.num_train_ids, self.num_test_ids) < 2 or \
                 self.num_train_ids + self.num_test_ids > 9999:
             raise ValueError("need >= 2 train and test ids and at most 9,999 ids in all (4 digits)")
-        if self.images_per_id < 4:
-            raise ValueError(f"images_per_id must be >= 4, got {self.images_per_id}")
+        if not 4 <= self.images_per_id <= 1000:  # frame numbers keep 6 digits
+            raise ValueError(f"images_per_id must be 4..1000, got {self.images_per_id}")
 
     @classmethod
     def for_size(cls, size: str = "default", **overrides) -> "SyntheticConfig":
@@ -214,8 +214,8 @@ def _extra_records(cfg: SyntheticConfig, n_gallery: int, identities: dict) -> li
     for k in range(n_distractors + n_junk):
         rng = np.random.default_rng([cfg.seed, 4, k])
         junk = k >= n_distractors
-        cam, seq, nn = int(rng.integers(cfg.num_cameras)), int(rng.integers(1, 7)), 0
-        frame, nn = 50 * k + int(rng.integers(50)), int(rng.integers(1, 9))
+        cam, seq = int(rng.integers(cfg.num_cameras)), int(rng.integers(1, 7))
+        frame, nn = 50 * k + int(rng.integers(50)), int(rng.integers(1, 9))  # unique names
         if junk:
             at = identities[test_ids[int(rng.integers(len(test_ids)))]]["attributes"]
         else:
@@ -236,4 +236,7 @@ def make_plan(cfg: SyntheticConfig) -> tuple[dict, list[dict], list[dict]]:
     records = [r for pid in sorted(identities)
                for r in _identity_records(cfg, pid, identities[pid])]
     n_gallery = sum(r["folder"] == "bounding_box_test" for r in records)
-    return identities, cameras, records + _extra_records(cfg, n_gallery, identities)
+    records += _extra_records(cfg, n_gallery, identities)
+    if len({(r["folder"], r["name"]) for r in records}) != len(records):
+        raise ValueError("too many images for Market-1501's 6-digit frame numbers")
+    return identities, cameras, records

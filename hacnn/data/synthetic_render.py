@@ -200,11 +200,16 @@ def _upper_fill(at: dict):
 
 
 def draw_person(cv: Canvas, at: dict, view: str, phase: float) -> None:
-    """Draw identity ``at`` facing ``view`` at walking ``phase`` (radians)."""
+    """Draw identity ``at`` facing ``view`` at walking ``phase`` (radians).
+
+    Back to front: legs and shoes, far arm, hips or skirt, torso (pattern, a
+    logo on the front only), bags (a backpack from behind, its straps from
+    the front), arms, head with hair and hat. ``left`` mirrors ``right``.
+    """
     side = view in ("left", "right")
     if view == "left":
         cv = cv.moved(mirror=True)
-    pal = {k: PALETTES[k] for k in PALETTES}
+    pal = PALETTES
     skin, hair = pal["skin"][at["skin"]], pal["hair"][at["hair"]]
     lower, shoes = pal["lower"][at["lower"]], pal["shoes"][at["shoes"]]
     upper = _upper_fill(at)
@@ -234,7 +239,7 @@ def draw_person(cv: Canvas, at: dict, view: str, phase: float) -> None:
         fx = ax + 0.025 if side else ax
         cv.paint(ellipse(fx, ay + 0.02, 0.05 if side else 0.032, 0.024), shoes, shade)
 
-    # far arm and backpack behind the body (side view)
+    # the far arm (side views), then hips or skirt in the lower garment
     swing = 0.1 * s
     if side:
         _arm(cv, at, 0.0, y_sh + 0.02, swing, upper, skin, 0.7)
