@@ -16,20 +16,21 @@ Protocols (``protocol=``):
   gallery, which is what ``"market"`` gives.)
 
 Ranks and ties: a metric needs only the rank of each true match. For the
-k-th closest true match of a query (distance ``d_k``, k = 1..n),
-``rank_k = k + #{valid non-matches g : d(q, g) <= d_k}``, counted with one
-batched ``searchsorted`` of the gallery row into the n sorted match
-distances, so no gallery row is ever sorted. Ties are **pessimistic**: a
-non-match at the same distance as a true match is ranked before it, so
-results never depend on a sort's tie order (torchreid's argsort order at
-ties is arbitrary); ties among true matches change no metric. Then
-``CMC@k = mean_q [rank_1 <= k]``, ``AP = mean_k k / rank_k`` and
-``INP = n / rank_n`` (mINP: Ye et al., TPAMI 2021).
+k-th closest of a query's n true matches (distance ``d_k``),
+``rank_k = k + #{valid non-matches g : d(q, g) <= d_k}``: each gallery
+distance is binary-searched among the n sorted match distances (only items
+closer than the last match are searched when they are few), so no gallery
+row is ever sorted. Ties are **pessimistic**: a non-match at the same
+distance as a true match is ranked before it, so results never depend on a
+sort's tie order (torchreid's argsort order at ties is arbitrary); ties
+among true matches change no metric. Then ``CMC@k = mean_q [rank_1 <= k]``,
+``AP = mean_k k / rank_k``, ``INP = n / rank_n`` (mINP: Ye et al., TPAMI 2021).
 
-Distances are computed in chunks of query rows, so memory beyond the
-(Q, G) output stays bounded; :func:`evaluate_features` never holds the
-whole matrix. ``"euclidean"`` is the *squared* Euclidean distance, as in
-torchreid (same ranking); ``"cosine"`` is 1 - cosine similarity.
+Work goes in chunks of query rows, so memory beyond the (Q, G) output stays
+bounded; :func:`evaluate_features` never holds the whole matrix.
+``"euclidean"`` is the *squared* distance, as in torchreid; ``"cosine"`` is
+1 - cosine similarity. :func:`extract_features` and :func:`evaluate_model`
+run a model over ``(images, pids, camids, paths)`` loaders.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ __all__ = ["RankResult", "compute_distance_matrix", "evaluate", "evaluate_featur
 METRICS = ("euclidean", "cosine")
 PROTOCOLS = {"market": "market", "duke": "market", "cuhk03": "market",
              "cuhk03_classic": "single_shot"}
-_CHUNK_ELEMENTS = 1 << 20  # distances held per chunk (4 MiB in float32)
+_CHUNK_ELEMENTS = 1 << 22  # distances held per chunk (16 MiB in float32)
 _DENSE_FRACTION = 0.25     # above this share of "near" items, searchsorted the whole chunk
 
 
@@ -102,8 +103,8 @@ def _as_ids(x, name: str, n: int) -> torch.Tensor:
 
 
 def _check_ids(q_pids, g_pids, q_camids, g_camids, num_q: int, num_g: int):
-    return (_as_ids(q_pids, "q_pids", num_q), _as_ids(g_pids, "g_pids", num_g),
-            _as_ids(q_camids, "q_camids", num_q), _as_ids(g_camids, "g_camids", num_g))
+    names, sizes = ("q_pids", "g_pids", "q_camids", "g_camids"), (num_q, num_g) * 2
+    return [_as_ids(x, name, n) for x, name, n in zip((q_pids, g_pids, q_camids, g_camids), names, sizes)]
 
 
 def _check_choice(value, name: str, choices) -> None:
@@ -132,40 +133,41 @@ class _Gallery:
         self.gf = F.normalize(gf, dim=1) if metric == "cosine" else gf     # (G, D)
         self.g_sq = torch.linalg.vector_norm(self.gf, dim=1).square_()      # (G,)
 
-    def scores(self, q: torch.Tensor) -> torch.Tensor:
+    def scores(self, q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D) -> (B, G) ranking scores: the distance minus a per-query constant.
 
         ``|g|^2 - 2 <q, g>`` (euclidean) or ``-<q, g>`` on unit vectors (cosine):
         one matmul per chunk, each query's ranking that of its distances.
         """
         if self.metric == "cosine":
-            return F.normalize(q, dim=1).neg_() @ self.gf.t()
-        return torch.addmm(self.g_sq[None], q, self.gf.t(), alpha=-2)
-
-    def distances(self, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, G) distances written into ``out``."""
-        if self.metric == "cosine":  # 1 - <q, g>
-            q = F.normalize(q, dim=1)
-            return torch.addmm(self.g_sq.new_ones(1, 1), q, self.gf.t(), alpha=-1, out=out)
-        # |q|^2 + |g|^2 - 2 <q, g>, clamped at 0 against round-off (squared, as torchreid)
-        d = torch.addmm(self.g_sq[None], q, self.gf.t(), alpha=-2, out=out)
-        return d.add_(q.pow(2).sum(1, keepdim=True)).clamp_(min=0)
+            return torch.mm(F.normalize(q, dim=1).neg_(), self.gf.t(), out=out)
+        return torch.addmm(self.g_sq[None], q, self.gf.t(), alpha=-2, out=out)
 
 
-def compute_distance_matrix(qf, gf, metric: str = "euclidean") -> torch.Tensor:
-    """(Q, D) x (G, D) features -> (Q, G) distance matrix, computed in row chunks.
-
-    Same signature and meaning as torchreid's: ``"euclidean"`` is squared.
-    """
+def _feature_pair(qf, gf, metric: str):
+    """Checked (Q, D) and (G, D) features in one dtype."""
     qf, gf = _as_features(qf, "qf"), _as_features(gf, "gf")
     _check_choice(metric, "metric", METRICS)
     if qf.shape[1] != gf.shape[1]:
         _fail("gf", f"feature dim {qf.shape[1]} (as qf)", f"dim {gf.shape[1]}")
     dtype = torch.promote_types(qf.dtype, gf.dtype)
-    qf, gal = qf.to(dtype), _Gallery(gf.to(dtype), metric)
-    out = qf.new_empty(qf.shape[0], gf.shape[0])                      # (Q, G)
+    return qf.to(dtype), gf.to(dtype)
+
+
+def compute_distance_matrix(qf, gf, metric: str = "euclidean") -> torch.Tensor:
+    """(Q, D) x (G, D) features -> (Q, G) distance matrix, computed in row chunks.
+
+    Same signature and meaning as torchreid's: ``"euclidean"`` is the squared
+    distance (clamped at 0 against round-off), ``"cosine"`` is 1 - cosine.
+    """
+    qf, gf = _feature_pair(qf, gf, metric)
+    gal, out = _Gallery(gf, metric), qf.new_empty(qf.shape[0], gf.shape[0])   # out: (Q, G)
     for rows in _row_chunks(*out.shape):
-        gal.distances(qf[rows], out=out[rows])
+        d = gal.scores(qf[rows], out=out[rows])                       # (B, G)
+        if metric == "cosine":
+            d.add_(1.0)
+        else:
+            d.add_(qf[rows].pow(2).sum(1, keepdim=True)).clamp_(min=0)
     return out
 
 
@@ -202,12 +204,12 @@ def _bucket_counts(d, thr, thr_max):
     """
     B, M = thr.shape
     near = d <= thr_max[:, None]                                      # (B, G)
-    count = near.sum(1)                                               # (B,)
+    count = near.count_nonzero(1)                                     # (B,)
     if int(count.sum()) > _DENSE_FRACTION * d.numel():
         b = torch.searchsorted(thr, d, out_int32=True)                # (B, G)
         hist = torch.zeros(B, M + 1, dtype=torch.int32)
         return hist.scatter_add_(1, b.long(), torch.ones(1, dtype=torch.int32).expand_as(b))
-    vals = d[near]                                                    # (n,) compacted
+    vals = d.masked_select(near)                                      # (n,) compacted
     row = torch.repeat_interleave(torch.arange(B), count)             # (n,)
     width = 1 << M.bit_length()                                       # power of two > M
     flat = torch.cat([thr, thr.new_full((B, width - M), float("inf"))], 1).flatten()
@@ -235,7 +237,7 @@ def _market_chunk(d, q_pid, q_cam, same_idx, g_cam):
     is_match = ~pad & (g_cam[idx] != q_cam[:, None])                  # other camera: a true match
     thr = d_same.masked_fill(~is_match, float("inf")).sort(1).values  # (B, M) sorted match distances
     n = is_match.sum(1)                                               # (B,) matches per query
-    hist = _bucket_counts(d, thr, thr.masked_fill(~is_match, -float("inf")).amax(1))
+    hist = _bucket_counts(d, thr, d_same.masked_fill(~is_match, -float("inf")).amax(1))
     at_or_before = hist.cumsum(1)[:, :M]                              # (B, M) all items <= thr_k
     same_before = (d_same[:, None, :] <= thr[:, :, None]).sum(2)      # (B, M) same-pid items <= thr_k
     k = torch.arange(1, M + 1)
@@ -334,15 +336,11 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, *, metric: str
                       max_rank: int = 50, protocol: str = "market", num_repeats: int = 10,
                       seed: int = 0) -> RankResult:
     """Distances + ranks in one pass over query chunks; the (Q, G) matrix is never held."""
-    qf, gf = _as_features(qf, "qf"), _as_features(gf, "gf")
-    _check_choice(metric, "metric", METRICS)
-    if qf.shape[1] != gf.shape[1]:
-        _fail("gf", f"feature dim {qf.shape[1]} (as qf)", f"dim {gf.shape[1]}")
+    qf, gf = _feature_pair(qf, gf, metric)
     ids = _check_ids(q_pids, g_pids, q_camids, g_camids, qf.shape[0], gf.shape[0])
-    dtype = torch.promote_types(qf.dtype, gf.dtype)
     junk = ids[1] == -1
-    gal = _Gallery((gf[~junk] if junk.any() else gf).to(dtype), metric)   # junk never ranked
-    return _evaluate_rows(lambda rows: gal.scores(qf[rows].to(dtype)), qf.shape[0],
+    gal = _Gallery(gf[~junk] if junk.any() else gf, metric)           # junk is never ranked
+    return _evaluate_rows(lambda rows: gal.scores(qf[rows]), qf.shape[0],
                           gf.shape[0], *ids, max_rank=max_rank, protocol=protocol,
                           num_repeats=num_repeats, seed=seed)
 
@@ -393,13 +391,10 @@ def extract_features(model, loader, device=None, flip: bool = False, amp: bool |
     ``normalize`` L2-normalises the final features; ``amp`` (default: on CUDA
     only) runs the model under autocast.
     """
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
+    device = torch.device(device or next((p.device for p in model.parameters()), "cpu"))
     amp = device.type == "cuda" if amp is None else amp
-    was_training = model.training
+    was_training, feats, pids, camids = model.training, [], [], []
     model.eval()
-    feats, pids, camids = [], [], []
     try:
         for images, pid, camid, _ in tqdm(loader, desc="features", disable=not progress):
             x = images.to(device, non_blocking=True)                  # (B, 3, H, W)
@@ -414,9 +409,7 @@ def extract_features(model, loader, device=None, flip: bool = False, amp: bool |
         model.train(was_training)
     if not feats:
         _fail("loader", "at least one batch", "an empty loader")
-    features = torch.cat(feats)
-    if normalize:
-        features = F.normalize(features, dim=1)
+    features = F.normalize(torch.cat(feats), dim=1) if normalize else torch.cat(feats)
     return features, torch.cat(pids).numpy(), torch.cat(camids).numpy()
 
 
