@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -53,8 +52,38 @@ def safe_load(path: str | Path, map_location="cpu"):
             f"refusing to load {path}: it needs objects that are not plain tensors/containers "
             f"(weights_only=True rejected it). Only load checkpoints you trust; details: {e}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file): {e}") from None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types on a damaged or foreign file
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file): {reason}") from None
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source, what: str | None = None) -> None:
+    """``model.load_state_dict(state_dict)`` or one one-line :class:`CheckpointError`.
+
+    The message names ``source`` (the file) and what did not fit: keys with
+    other shapes (checkpoint vs model), then missing and unexpected keys, a
+    few of each (PyTorch's own message lists every key on its own line).
+    """
+    own = model.state_dict()
+    shapes = [f"{k} (checkpoint {list(v.shape)}, model {list(own[k].shape)})"
+              for k, v in state_dict.items()
+              if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    problems = []
+    for label, keys in (("size mismatch for", shapes), ("missing keys", missing),
+                        ("unexpected keys", unexpected)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{label} {', '.join(keys[:3])}{more}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {what or type(model).__name__}: "
+                              + "; ".join(problems))
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:  # anything the checks above missed, on one line
+        raise CheckpointError(f"{source} does not fit {what or type(model).__name__}: "
+                              + " ".join(str(e).split())) from None
 
 
 def model_state(obj: dict) -> tuple[dict, dict | None]:
@@ -96,8 +125,7 @@ def load_model(path: str | Path, num_classes: int | None = None, **overrides):
         if unexpected or any(not k.startswith("classifier_") for k in missing):
             raise CheckpointError(f"{path} does not fit HACNN: missing {missing}, unexpected {unexpected}")
         return model
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit HACNN({model.config}): {e}") from None
+    c = model.config
+    load_weights(model, sd, path, f"HACNN(num_classes={c.num_classes}, channels={c.channels}, "
+                 f"feat_dim={c.feat_dim}, local_branch={c.local_branch})")
     return model

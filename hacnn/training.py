@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, safe_load
+from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, load_weights, safe_load
 from .config import TrainConfig
 from .logging_utils import CSV_NAME, EVAL_COLUMNS, JSON_NAME, rss_mb, write_logs
 from .losses import HACNNLoss
@@ -301,10 +301,8 @@ class Trainer:
         if changed - {"epochs", "eval_every", "workers"}:
             warnings.warn(f"resuming with settings that differ from the checkpoint's: {sorted(changed)}",
                           stacklevel=2)
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{path} does not fit this model: {e}") from None
+        load_weights(self.model, ckpt["model"], "the checkpoint" if isinstance(path, dict) else path,
+                     "this model")
         self.optimizer.load_state_dict(train["optimizer"])
         self.scheduler.load_state_dict(train["scheduler"])
         self.scaler.load_state_dict(train["scaler"])
