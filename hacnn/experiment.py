@@ -88,7 +88,9 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     """
     from .data import build_train_loader
 
-    out = prepare_run_folder(out_dir, resume=resume, force=force)
+    # Everything that can fail on bad input (settings, data, model) is checked before the
+    # run folder is made or a previous run deleted: a failed start leaves the folder as it was.
+    out = prepare_run_folder(out_dir, resume=resume, force=force, check_only=True)
     device = resolve_device(device)
     ckpt = None
     if resume:
@@ -114,6 +116,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     train_loader = build_train_loader(data, train_cfg.batch_size, train_cfg.num_instances, height=h,
                                       width=w, workers=train_cfg.workers, seed=train_cfg.seed)
     query, gallery = _test_loaders(data, net.config, test_batch_size, train_cfg.workers)
+    out = prepare_run_folder(out, resume=resume, force=force)
     evaluator = make_evaluator(query, gallery, device=device, protocol=PROTOCOLS.get(dataset, "market"))
     trainer = Trainer(net, train_loader, train_cfg, out, evaluator=evaluator, device=device,
                       progress=progress, verbose=verbose, overwrite=force)

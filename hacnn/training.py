@@ -61,11 +61,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool = False,
-                       files: tuple[str, ...] = RUN_FILES) -> Path:
+                       files: tuple[str, ...] = RUN_FILES, check_only: bool = False) -> Path:
     """Check ``out_dir`` before a run: never overwrite a run without ``resume`` or ``force``.
 
     ``resume`` needs ``out_dir/last.pth``; ``force`` deletes the previous
     run's ``files`` (only those: other files in the folder are left alone).
+    ``check_only`` raises what a real call would raise but changes nothing
+    (no folder made, no file deleted), so a caller can fail early.
     """
     out = Path(out_dir)
     existing = [name for name in files if (out / name).exists()]
@@ -77,6 +79,10 @@ def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool
         raise RunExistsError(
             f"output folder {str(out)!r} already holds a run ({', '.join(existing)}); "
             "pass --resume to continue it or --force to overwrite it")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output folder {str(out)!r} is a file, not a folder")
+    if check_only:
+        return out
     for name in existing:
         (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
