@@ -19,7 +19,20 @@ from .transforms import build_transforms, to_tensor
 
 
 class ImageReadError(OSError):
-    """An image file could not be read; the message names the file."""
+    """An image file could not be read; the message names the file.
+
+    Re-raised from a DataLoader worker, PyTorch builds it from a message that
+    holds the worker's whole traceback; that becomes the one-line reason plus
+    the worker's name.
+    """
+
+    def __init__(self, message: str = "", *args) -> None:
+        head, sep, trace = str(message).partition("\nOriginal Traceback")
+        lines = trace.rstrip().splitlines()
+        if sep and head.startswith("Caught ") and lines and ": " in lines[-1]:
+            where = head.split(" in ", 1)[-1].rstrip(".")         # "DataLoader worker process 0"
+            message = f"{lines[-1].split(': ', 1)[1]} (in {where})"
+        super().__init__(message, *args)
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
