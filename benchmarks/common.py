@@ -65,7 +65,22 @@ def interleaved_rates(fns: dict, items_per_call: int, repeats: int = 5, warmup: 
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process since start or the last reset (VmHWM), MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss_mib() -> float:
+    """Reset the peak to the current RSS (Linux: write 5 to clear_refs); returns the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return peak_rss_mib()
 
 
 def set_threads(n: int) -> None:

@@ -14,6 +14,7 @@ Notebooks 01-04 build each of these inline and check them against this file.
 """
 from __future__ import annotations
 
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +66,8 @@ class SoftAttention(nn.Module):
     The spatial map (B, 1, H, W) and channel weights (B, C, 1, 1) multiply to a
     full (B, C, H, W) tensor, a 1x1 conv lets them interact, a sigmoid bounds it.
     ``relu=True`` (torchreid's head: conv + BN + ReLU before the sigmoid) puts
-    the attention in [0.5, 1); ``relu=False`` (conv + BN + sigmoid) gives the
-    full (0, 1) range of the paper's description.
+    the attention in [0.5, 1), so attention can at most halve a feature;
+    ``relu=False`` (conv + BN + sigmoid) uses the full (0, 1) range.
     """
 
     def __init__(self, in_channels: int, reduction: int = 16, relu: bool = True):
@@ -84,6 +85,13 @@ def stripe_translations(num_regions: int) -> torch.Tensor:
     """Centres (t_x, t_y) of T equal horizontal stripes in [-1, 1] coordinates."""
     ty = -1.0 + (2 * torch.arange(num_regions, dtype=torch.float64) + 1) / num_regions
     return torch.stack([torch.zeros_like(ty), ty], dim=1).float()   # (T, 2)
+
+
+def _no_autocast(device_type: str):
+    """Disable autocast where it exists (the crop is computed in float32)."""
+    if device_type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _linear_weights(p: torch.Tensor, n: int) -> torch.Tensor:
@@ -163,7 +171,7 @@ class HardRegionalAttention(nn.Module):
         Rows of the result: images major, regions minor.
         """
         B, C, H, W = x.shape
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x.device.type):
             a_y = region_matrices(theta[..., 1], self.scale[1], H, size[0])   # (B, T, h, H)
             a_x = region_matrices(theta[..., 0], self.scale[0], W, size[1])   # (B, T, w, W)
             out = torch.einsum("bthy,bcyx,btwx->btchw", a_y, x.float(), a_x)        # (B, T, C, h, w)

@@ -21,8 +21,9 @@ class HACNNConfig:
     The ablation switches (``soft_attention``, ``hard_attention``,
     ``local_branch``, ``cross_attention``) reproduce the paper's Table 6
     variants; ``attention_relu`` selects between torchreid's soft-attention
-    head (1x1 conv + BN + ReLU before the sigmoid, attention in [0.5, 1)) and
-    the paper's plain conv + sigmoid (attention in (0, 1)).
+    head (1x1 conv + BN + ReLU before the sigmoid, attention in [0.5, 1): a
+    feature is at most halved) and a plain conv + BN + sigmoid (attention in
+    (0, 1): features can be switched off).
     """
 
     num_classes: int = 751

@@ -45,3 +45,14 @@ def test_optimized_model_matches_eval_model(kw):
     with torch.no_grad():
         torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), m(x), atol=1e-5, rtol=0)
     assert m.training is False and any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+
+def test_bf16_weights_keep_the_features():
+    m = _randomize_bn(HACNN(9)).eval()
+    fast = optimize_for_inference(m, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    x = torch.randn(4, 3, 160, 64)
+    with torch.no_grad():
+        f16 = fast(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+        cos = torch.nn.functional.cosine_similarity(f16, m(x), dim=1)
+    assert cos.min() > 0.999, cos
