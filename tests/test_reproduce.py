@@ -1,0 +1,160 @@
+"""hacnn.reproduce: results table, run cache, papermill runner and failure reporting; notebooks'
+parameters cells."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from hacnn.paper import PAPER_RESULTS, paper_result
+from hacnn.reproduce import (NOT_RUN, NOT_RUN_NO_DATA, SYNTHETIC_NOTE, NotebookFailed, cached_run,
+                             config_hash, gather_results, notebook_sequence, reproduce, results_table,
+                             run_config, run_notebook, to_markdown, write_results)
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+# ----------------------------------------------------------------------------- the paper's numbers
+
+def test_paper_numbers_are_the_published_ones():
+    got = {k: (r.rank1, r.mAP) for k, r in PAPER_RESULTS.items()}
+    assert got == {"market1501-sq": (91.2, 75.7), "market1501-mq": (93.8, 82.8),
+                   "dukemtmcreid": (80.5, 63.8), "cuhk03-labeled": (44.4, 41.0),
+                   "cuhk03-detected": (41.7, 38.6)}
+    with pytest.raises(KeyError, match="market1501-sq"):
+        paper_result("viper")
+
+
+# ----------------------------------------------------------------------------- results table
+
+def test_results_table_paper_vs_ours_and_rows_that_did_not_run():
+    ours = {"market1501-sq": {"rank1": 0.8123, "mAP": 0.6049}}
+    available = {"market1501-sq": True, "market1501-mq": True, "dukemtmcreid": False}
+    df = results_table(ours, available, {"tiny, 8 epochs": {"rank1": 0.5, "mAP": 0.25}})
+    rows = {(r["benchmark"], r["protocol"]): r for r in df.to_dict("records")}
+    market = rows[("Market-1501", "single-query")]
+    assert (market["paper Rank-1"], market["paper mAP"]) == ("91.2", "75.7")
+    assert (market["ours Rank-1"], market["ours mAP"]) == ("81.2", "60.5")
+    # data found but not evaluated (multi-query) vs data absent: never a number
+    assert rows[("Market-1501", "multi-query")]["ours Rank-1"] == NOT_RUN
+    for key in ("dukemtmcreid", "cuhk03-labeled", "cuhk03-detected"):
+        r = PAPER_RESULTS[key]
+        row = rows[(r.benchmark, r.protocol)]
+        assert row["ours Rank-1"] == row["ours mAP"] == NOT_RUN_NO_DATA
+    synthetic = rows[("Synthetic (ours)", "tiny, 8 epochs")]
+    assert (synthetic["ours Rank-1"], synthetic["ours mAP"]) == ("50.0", "25.0")
+    assert synthetic["paper Rank-1"] == "-" and synthetic["note"] == SYNTHETIC_NOTE
+    assert len(df) == len(PAPER_RESULTS) + 1
+
+
+def test_results_table_without_any_run_has_no_number():
+    df = results_table({})
+    assert set(df["ours Rank-1"]) == set(df["ours mAP"]) == {NOT_RUN_NO_DATA}
+
+
+def test_gather_and_write_results(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "06_training.json").write_text(json.dumps(
+        {"label": "tiny, quick preset, 8 epochs", "benchmarks": {"synthetic": {"rank1": 0.6, "mAP": 0.3}}}))
+    (run / "06_training-cuhk03-detected.json").write_text(json.dumps(
+        {"benchmarks": {"cuhk03-detected": {"rank1": 0.424, "mAP": 0.409}}}))
+    (run / "09_ablations.json").write_text(json.dumps(
+        {"tables": {"Ablations": [{"variant": "full HA-CNN", "Rank-1": "60.0 ± 1.0"}]}}))
+    df, sections = gather_results(run, data_root=tmp_path / "no-data-here")
+    synthetic = df[df["protocol"] == "tiny, quick preset, 8 epochs"].iloc[0]
+    assert (synthetic["ours Rank-1"], synthetic["ours mAP"]) == ("60.0", "30.0")
+    assert df[df["benchmark"] == "CUHK03 labeled"].iloc[0]["ours Rank-1"] == NOT_RUN_NO_DATA
+    detected = df[df["benchmark"] == "CUHK03 detected"].iloc[0]
+    assert (detected["ours Rank-1"], detected["ours mAP"]) == ("42.4", "40.9")
+    assert "full HA-CNN" in sections[0]
+    paths = write_results(df, [tmp_path / "a", tmp_path / "b"], sections)
+    assert [p.name for p in paths] == ["results.csv", "results.md"] * 2
+    md = (tmp_path / "b" / "results.md").read_text()
+    assert to_markdown(df) in md and "| Synthetic (ours) |" in md and "not comparable" in md
+
+
+# ----------------------------------------------------------------------------- run cache
+
+def test_run_config_resolves_presets_and_hashes_switches():
+    quick = run_config("synthetic", quick=True, seed=0)
+    assert quick["train"]["epochs"] == 8 and quick["data"]["synthetic"]["size"] == "tiny"
+    assert quick == run_config("synthetic", quick=True, seed=0, recipe="adam", epochs=None)
+    assert config_hash(quick) == config_hash(run_config("synthetic", quick=True, seed=0))
+    other = run_config("synthetic", quick=True, seed=0, model={"hard_attention": False})
+    assert config_hash(other) != config_hash(quick)
+    assert config_hash(run_config("synthetic", quick=True, seed=1)) != config_hash(quick)
+
+
+def test_cached_run_loads_a_finished_run_without_training(tmp_path, monkeypatch):
+    import hacnn.experiment
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must be loaded, not retrained")
+    monkeypatch.setattr(hacnn.experiment, "run_experiment", no_training)
+    config = run_config("synthetic", quick=True, seed=0)
+    folder = tmp_path / f"synthetic-{config_hash(config)}"
+    folder.mkdir()
+    history = [{"epoch": 1, "loss": 3.0, "mAP": None}, {"epoch": 2, "loss": 2.0, "rank1": 0.5, "mAP": 0.25}]
+    (folder / "log.json").write_text(json.dumps({"status": "finished", "epochs": history}))
+    (folder / "cache.json").write_text(json.dumps(config, default=str))
+    (folder / "last.pth").write_bytes(b"weights")
+    run = cached_run("synthetic", quick=True, seed=0, cache=tmp_path)
+    assert run.reused and run.out_dir == folder and run.final["mAP"] == 0.25 and len(run.history) == 2
+
+
+# ----------------------------------------------------------------------------- runner, failures
+
+def _tiny_notebook(path: Path, fail: bool) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("quick = True\nvalue = 1")
+    params.metadata["tags"] = ["parameters"]
+    cells = [params, nbformat.v4.new_code_cell("print('value is', value)")]
+    if fail:
+        cells.append(nbformat.v4.new_code_cell("raise ValueError('deliberate failure')"))
+    cells.append(nbformat.v4.new_code_cell("print('not reached' if False else 'end')"))
+    nb.cells = cells
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_failing_notebook_is_reported_and_its_partial_output_kept(tmp_path, capsys):
+    good = _tiny_notebook(tmp_path / "01_good.ipynb", fail=False)
+    bad = _tiny_notebook(tmp_path / "02_bad.ipynb", fail=True)
+    out = tmp_path / "run"
+    # only the declared parameters are passed; "results_dir" etc. are not injected
+    executed = run_notebook(good, out / good.name, {"value": 7, "results_dir": "x"})
+    text = executed.read_text()
+    assert "value is 7" in text and "results_dir" not in text
+    with pytest.raises(NotebookFailed) as err:
+        run_notebook(bad, out / bad.name, {"value": 2})
+    assert err.value.notebook == "02_bad.ipynb" and err.value.ename == "ValueError"
+    assert err.value.cell_index == 3          # 0 parameters, 1 injected parameters, 2 print, 3 raise
+    partial = nbformat.read(out / bad.name, as_version=4)
+    assert any("value is 2" in "".join(o.get("text", "")) for c in partial.cells for o in c.get("outputs", []))
+    # the whole job: stops at the failing notebook, names it and its cell, exit code 1
+    code = reproduce(tmp_path / "job", quick=True, notebooks=[good, bad], results_dir=None)
+    printed = capsys.readouterr().out
+    assert code == 1 and "02_bad.ipynb" in printed and "cell 3" in printed and "deliberate failure" in printed
+    assert (tmp_path / "job" / "02_bad.ipynb").is_file()
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+@pytest.mark.parametrize("notebook", notebook_sequence(NOTEBOOKS), ids=lambda p: p.name)
+def test_every_notebook_starts_with_a_parameters_cell(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", [])
+    names = {line.split("=")[0].strip() for line in first.source.splitlines()
+             if "=" in line and not line.lstrip().startswith("#")}
+    assert {"quick", "seed", "device", "figures_dir"} <= names, names
+
+
+def test_the_sequence_is_numbered_from_00():
+    names = [p.name[:2] for p in notebook_sequence(NOTEBOOKS)]
+    assert names == sorted(names) and names[0] == "00"
