@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -151,19 +152,28 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    """``reproduce`` placeholder: a quick run on the synthetic benchmark, prints Rank-1 / mAP.
+    """``reproduce``: the notebooks 00-09 with papermill into a run folder, then the results table.
 
-    The notebook runner (papermill over notebooks/, results table) replaces
-    this function; it keeps the signature ``run_reproduce(args) -> int``.
+    See :mod:`hacnn.reproduce`. Exit code 1 when a notebook fails (its partial
+    output notebook stays in the run folder; the failing cell is named).
     """
-    from .experiment import run_experiment
+    from .reproduce import reproduce
 
-    result = run_experiment("synthetic", args.out, quick=True, force=args.force, device=args.device,
-                            seed=args.seed, progress=not args.no_progress, verbose=True)
-    final = result.final
-    print(f"synthetic (tiny), quick run, epoch {final['epoch']}: "
-          f"Rank-1 {100 * final['rank1']:.1f}%  mAP {100 * final['mAP']:.1f}%  ({result.out_dir})")
-    return 0
+    out = args.out
+    if out is None:
+        out = Path("runs") / time.strftime("%Y-%m-%d")
+        if out.is_dir() and any(out.iterdir()) and not args.force:
+            out = Path("runs") / time.strftime("%Y-%m-%d-%H%M%S")
+    elif out.is_dir() and any(out.glob("*.ipynb")) and not args.force:
+        raise FileExistsError(f"{out} already holds executed notebooks; pass --force to overwrite them")
+    data_root = args.data_root
+    if data_root is None and os.environ.get("HACNN_DATA"):
+        data_root = Path(os.environ["HACNN_DATA"])
+    print(f"[reproduce] {'quick' if args.quick else 'full'} run into {out}"
+          + (f", real data from {data_root}" if data_root else ", synthetic benchmark only"), flush=True)
+    return reproduce(out, quick=args.quick, data_root=data_root, seed=args.seed,
+                     device=args.device or "cpu",
+                     results_dir=None if args.quick else Path("results"))   # results/: full runs only
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,15 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_arguments(p)
     p.set_defaults(func=run_synth)
 
-    p = sub.add_parser("reproduce", help="reproduce the results (for now: a quick synthetic run)",
-                       description="Placeholder until the notebook runner lands: train the quick "
-                       "preset on the synthetic benchmark and print Rank-1 and mAP.")
-    p.add_argument("--out", type=Path, default=Path("runs") / time.strftime("reproduce-%Y%m%d-%H%M%S"),
-                   help="run folder (default: runs/reproduce-<date>-<time>)")
-    p.add_argument("--force", action="store_true", help="overwrite a previous run in --out")
+    p = sub.add_parser("reproduce", help="run the notebook sequence, gather the results table",
+                       description="Run notebooks/00-09 with papermill (quick=False unless --quick) "
+                       "into --out, refresh figures/, and write the results table (paper vs ours) "
+                       "as CSV and Markdown to the run folder and results/.")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder for the executed notebooks (default: runs/<YYYY-MM-DD>)")
+    p.add_argument("--quick", action="store_true", help="the notebooks' quick settings (minutes)")
+    p.add_argument("--data-root", type=Path, default=None, help="real data sets to train and "
+                   "evaluate on as well (default: $HACNN_DATA if set; else synthetic only)")
+    p.add_argument("--force", action="store_true", help="overwrite the executed notebooks in --out")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="(kept for compatibility; no bars)")
     p.set_defaults(func=run_reproduce)
     return parser
 

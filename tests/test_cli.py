@@ -116,12 +116,15 @@ def test_train_flags_reach_the_experiment(monkeypatch, tmp_path, capsys):
     assert calls[1]["quick"] is True and str(calls[1]["out_dir"]) == "runs/quick"
 
 
-def test_reproduce_placeholder_is_a_quick_synthetic_run(monkeypatch, tmp_path, capsys):
+def test_reproduce_runs_the_notebook_runner(monkeypatch, tmp_path):
+    from hacnn import reproduce as runner
     from hacnn.__main__ import run_reproduce
-    calls = _capture_run_experiment(monkeypatch)
-    assert main(["reproduce", "--out", str(tmp_path)]) == 0
-    assert calls[0]["dataset"] == "synthetic" and calls[0]["quick"] is True
-    assert "Rank-1 50.0%  mAP 25.0%" in capsys.readouterr().out
+    calls = []
+    monkeypatch.setattr(runner, "reproduce", lambda out, **kw: calls.append((out, kw)) or 0)
+    assert main(["reproduce", "--quick", "--out", str(tmp_path / "run"), "--seed", "3"]) == 0
+    out, kw = calls[0]
+    assert out == tmp_path / "run" and kw["quick"] is True and kw["seed"] == 3
+    assert kw["results_dir"] is None                                        # results/: full runs only
     assert build_parser().parse_args(["reproduce"]).func is run_reproduce
 
 
