@@ -178,8 +178,12 @@ class Trainer:
         n = 0
         loss_sum = loss_g_sum = loss_l_sum = correct_g = correct_l = 0.0
         start = time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
+        # One iter() per epoch: tqdm.auto (the asyncio flavour) calls iter() on what it wraps and
+        # then iterates it again, and each iter() of a persistent-worker loader starts a new pass
+        # (the sampler advances an epoch), so the loader itself must not be handed to tqdm.
+        batches = iter(self.train_loader)
+        bar = tqdm(batches, total=_length(self.train_loader), desc=f"epoch {epoch}/{cfg.epochs}",
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
         for it, batch in enumerate(bar, 1):
             images = batch[0].to(dev, non_blocking=True, memory_format=self.memory_format)
             pids = torch.as_tensor(batch[1]).to(dev, non_blocking=True)   # (B,)
@@ -323,6 +327,13 @@ class Trainer:
         self.best_map, self.best_epoch = float(train["best_map"]), train["best_epoch"]
         self._resumed = True
         return self.epoch
+
+
+def _length(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def _summary(row: dict, epochs: int) -> str:
