@@ -14,9 +14,10 @@ history. They load with ``weights_only=True``, so every state is stored as
 tensors and plain Python values.
 
 Exact resumption holds for loaders whose randomness lives in the main
-process (``workers=0``) or is a function of ``(seed, epoch)`` (the identity
-sampler); augmentation streams held inside persistent worker processes
-cannot be saved and restart on resume.
+process or is a function of ``(seed, epoch, draw)``: the identity sampler and
+the augmentation of :func:`hacnn.data.build_train_loader`, with any number of
+workers. A custom loader whose workers hold their own random streams
+restarts those streams on resume.
 """
 from __future__ import annotations
 
@@ -318,10 +319,6 @@ class Trainer:
         self.scaler.load_state_dict(train["scaler"])
         set_rng_state(train["rng"])
         set_data_state(self.train_loader, train["data"])
-        if getattr(self.train_loader, "num_workers", 0) > 0:
-            warnings.warn("resuming with loader workers: the batch order continues exactly, but random "
-                          "augmentations drawn inside worker processes restart (workers=0 resumes "
-                          "bit for bit)", stacklevel=2)
         self.epoch = int(train["epoch"])
         self.history = list(train["history"])
         self.best_map, self.best_epoch = float(train["best_map"]), train["best_epoch"]

@@ -7,11 +7,12 @@ the main process or, re-raised by the DataLoader, from a worker.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from .base import Item, ReIDDataset
 from .sampler import RandomIdentitySampler
@@ -64,48 +65,68 @@ class ImageDataset(Dataset):
 
     ``transform`` maps an RGB PIL image to a tensor (default: a float tensor
     in [0, 1] at the image's own size). With a ``seed``, random transforms
-    draw from a private stream seeded by it (reseeded per DataLoader worker
-    by :func:`seed_worker`), so augmentation neither depends on nor disturbs
-    the global torch RNG.
+    draw from a stream that is a function of ``(seed, epoch, draw)`` only,
+    never of a per-process stream: the training loader's sampler hands each
+    draw as ``(index, epoch, position)`` (:class:`EpochKeyedSampler`); a
+    plain integer index uses ``(seed, self.epoch, index)``. So augmentation
+    does not depend on the number of loader workers, repeats exactly after a
+    resume, and neither depends on nor disturbs the global torch RNG.
     """
 
     def __init__(self, items: Sequence[Item], transform: Callable | None = None,
                  seed: int | None = None) -> None:
         self.items = list(items)
         self.transform = transform if transform is not None else to_tensor()
-        self.generator: torch.Generator | None = None
-        if seed is not None:
-            self.reseed(seed)
+        self.seed = seed
+        self.epoch = 0
 
-    def reseed(self, seed: int) -> None:
-        """Restart the private augmentation stream from ``seed``."""
-        self.generator = torch.Generator().manual_seed(seed)
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of plain integer indices (sampler-keyed draws carry their own)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+    def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[torch.Tensor, int, int, str]:
+        if isinstance(index, tuple):                 # (index, epoch, position in the epoch)
+            index, epoch, position = (int(i) for i in index)
+        else:
+            index, epoch, position = int(index), self.epoch, int(index)
         path, pid, camid = self.items[index]
         image = read_image(path)
-        if self.generator is None:
+        if self.seed is None:
             return self.transform(image), pid, camid, path
-        seed = int(torch.randint(2**62, (), generator=self.generator))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(sample_seed(self.seed, epoch, position, index))
             return self.transform(image), pid, camid, path
+
+
+def sample_seed(seed: int, epoch: int, position: int, index: int) -> int:
+    """A 63-bit seed that is a pure function of its arguments (numpy ``SeedSequence``)."""
+    state = np.random.SeedSequence([seed % 2**63, epoch, position, index]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class EpochKeyedSampler(RandomIdentitySampler):
+    """:class:`RandomIdentitySampler` that yields ``(index, epoch, position)`` draws.
+
+    The epoch and position travel with each index into the worker process,
+    so :class:`ImageDataset` derives the draw's augmentation from them.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        epoch = self.epoch                  # read on the first item, as the parent draws it
+        for position, index in enumerate(super().__iter__()):
+            yield index, epoch, position
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a distinct augmentation stream per worker.
+    """DataLoader ``worker_init_fn`` (kept for callers; augmentation no longer needs it).
 
     PyTorch seeds ``random``, ``numpy`` and ``torch`` in each worker from the
-    loader's generator (``base_seed + worker_id``); this reseeds the
-    dataset's private stream from the same seed.
+    loader's generator (``base_seed + worker_id``); :class:`ImageDataset`
+    derives its randomness from ``(seed, epoch, draw)`` instead.
     """
-    info = get_worker_info()
-    dataset = None if info is None else info.dataset
-    if isinstance(dataset, ImageDataset) and dataset.generator is not None:
-        dataset.reseed(info.seed)
 
 
 def default_workers() -> int:
@@ -136,13 +157,13 @@ def build_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size: int = 
     ``transform`` defaults to ``build_transforms(height, width, train=True,
     **transform_kwargs)``. Workers persist across epochs. The sampler is
     ``loader.sampler`` (``loader.sampler.set_epoch(e)`` pins an epoch's
-    order). With the same ``seed`` and ``workers``, batches and augmentations
-    repeat exactly.
+    order). With the same ``seed``, batches and augmentations repeat exactly,
+    whatever the number of ``workers``, and continue exactly after a resume.
     """
     items = _items(dataset, "train")
     if transform is None:
         transform = build_transforms(height, width, train=True, **transform_kwargs)
-    sampler = RandomIdentitySampler(items, batch_size, num_instances, seed=seed)
+    sampler = EpochKeyedSampler(items, batch_size, num_instances, seed=seed)
     return _loader(ImageDataset(items, transform, seed=seed), batch_size, workers, seed,
                    persistent=True, sampler=sampler, drop_last=True)
 
