@@ -141,7 +141,7 @@ class _Gallery:
         """
         if self.metric == "cosine":
             return torch.mm(F.normalize(q, dim=1).neg_(), self.gf.t(), out=out)
-        return torch.addmm(self.g_sq[None], q, self.gf.t(), alpha=-2, out=out)
+        return torch.mm(-2 * q, self.gf.t(), out=out).add_(self.g_sq)
 
 
 def _feature_pair(qf, gf, metric: str):
@@ -174,25 +174,22 @@ def compute_distance_matrix(qf, gf, metric: str = "euclidean") -> torch.Tensor:
 # ----------------------------------------------------------------------------- ranking core
 
 class _SamePid:
-    """Gallery indices grouped by identity: ``table[i]`` lists the items of pid ``pids[i]``."""
+    """Gallery indices grouped by identity (sorted order + per-pid start and count)."""
 
     def __init__(self, g_pids: torch.Tensor):
-        order = torch.argsort(g_pids, stable=True)
-        self.pids, counts = torch.unique_consecutive(g_pids[order], return_counts=True)
-        starts = torch.cumsum(counts, 0) - counts
-        width = int(counts.max()) if len(counts) else 0
-        col = torch.arange(width)
-        idx = starts[:, None] + col                                    # (P, W)
-        self.table = torch.where(col < counts[:, None], order[idx.clamp(max=len(order) - 1)], -1)
-        self.table = torch.cat([self.table, self.table.new_full((1, width), -1)])  # row P: absent
-        self.counts = torch.cat([counts, counts.new_zeros(1)])
+        self.order = torch.argsort(g_pids, stable=True)               # (G,)
+        self.pids, self.counts = torch.unique_consecutive(g_pids[self.order], return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts      # (P,)
 
     def lookup(self, q_pids: torch.Tensor) -> torch.Tensor:
-        """(B,) query pids -> (B, M) same-pid gallery indices, -1 padded."""
-        P = len(self.pids)
-        pos = torch.searchsorted(self.pids, q_pids).clamp(max=max(P - 1, 0))
-        pos = torch.where(self.pids[pos] == q_pids, pos, P) if P else torch.zeros_like(q_pids)
-        return self.table[pos, : int(self.counts[pos].max())]
+        """(B,) query pids -> (B, M) gallery indices of the same pid, -1 padded."""
+        if len(self.pids) == 0:
+            return q_pids.new_empty(len(q_pids), 0)
+        pos = torch.searchsorted(self.pids, q_pids).clamp(max=len(self.pids) - 1)
+        count = torch.where(self.pids[pos] == q_pids, self.counts[pos], 0)   # (B,)
+        col = torch.arange(int(count.max()))
+        idx = (self.starts[pos][:, None] + col).clamp(max=len(self.order) - 1)  # (B, M)
+        return torch.where(col < count[:, None], self.order[idx], -1)
 
 
 def _bucket_counts(d, thr, thr_max):

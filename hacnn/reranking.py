@@ -42,15 +42,22 @@ def _as_dist(x, name: str, shape: tuple[int, int]) -> torch.Tensor:
 
 
 class _Distances:
-    """The squared, row-normalised N x N distance, read block-wise, never stored."""
+    """The squared, row-normalised N x N distance, read block-wise, never stored.
 
-    def __init__(self, qg: torch.Tensor, qq: torch.Tensor, gg: torch.Tensor):
+    One pass over row chunks finds each row's maximum and its k nearest items.
+    """
+
+    def __init__(self, qg: torch.Tensor, qq: torch.Tensor, gg: torch.Tensor, k: int):
         self.qg, self.qq, self.gg, self.gq = qg, qq, gg, qg.t().contiguous()
         self.Q, self.N = qq.shape[0], qq.shape[0] + gg.shape[0]
         self.row_max = torch.ones(self.N)
+        self.nn = torch.empty(self.N, k, dtype=torch.long)           # (N, k) nearest, self first
         for rows in self.chunks(self.N):
-            self.row_max[rows] = self.raw_rows(rows).amax(1)
-        self.row_max.masked_fill_(self.row_max == 0, 1.0)
+            d = self.raw_rows(rows)                                   # (B, N)
+            top = d.amax(1)
+            self.row_max[rows] = top.masked_fill_(top == 0, 1.0)
+            d /= self.row_max[rows, None]
+            self.nn[rows] = d.topk(k, largest=False, sorted=True).indices
 
     def chunks(self, n: int):
         step = max(1, _CHUNK_ELEMENTS // self.N)
@@ -63,9 +70,6 @@ class _Distances:
         top = torch.cat([self.qq[q_rows], self.qg[q_rows]], 1)        # query items
         bottom = torch.cat([self.gq[g_rows], self.gg[g_rows]], 1)    # gallery items
         return torch.cat([top, bottom]).pow_(2)
-
-    def rows(self, rows: slice) -> torch.Tensor:
-        return self.raw_rows(rows) / self.row_max[rows, None]
 
     def pairs(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """Normalised distance d(i, j) for index tensors of one shape."""
@@ -171,12 +175,9 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     if Q == 0 or G == 0 or k1 < 1 or k2 < 1 or not 0 <= lambda_value <= 1:
         raise ValueError(f"re_ranking: expected Q, G >= 1, k1, k2 >= 1, 0 <= lambda <= 1; "
                          f"received Q={Q}, G={G}, k1={k1}, k2={k2}, lambda={lambda_value}")
-    dist = _Distances(qg, qq, gg)
-    N = dist.N
-    K = min(max(k1 + 1, k2), N)
-    nn = torch.empty(N, K, dtype=torch.long)                          # (N, K) nearest, self first
-    for rows in dist.chunks(N):
-        nn[rows] = dist.rows(rows).topk(K, largest=False, sorted=True).indices
+    N = Q + G
+    dist = _Distances(qg, qq, gg, k=min(max(k1 + 1, k2), N))
+    nn = dist.nn
     # V: exp(-d) on R*(i, k1), each row normalised to sum 1
     rows, cols = _expanded_sets(nn, min(k1, N - 1))
     w = torch.exp(-dist.pairs(rows, cols))
