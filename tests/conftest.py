@@ -16,7 +16,10 @@ def _seed_and_threads():
 
 
 def pytest_configure(config):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One intra-op thread per xdist worker: `make test` runs 2 workers on 2 cores, and
+    # oversubscribed OpenMP threads spin-wait (several times slower, not just shared).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     warnings.filterwarnings("ignore", module="torchreid")
 
 
