@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -242,7 +243,7 @@ def gather_results(results_dir: str | os.PathLike, data_root=None):
             if key == "synthetic":
                 synthetic[info.get("label", "synthetic")] = metrics
             else:
-                ours[key] = metrics
+                ours[key] = {**metrics, "note": info.get("label", "")}
     if (folder / ABLATIONS_JSON).is_file():
         import pandas as pd
 
@@ -260,7 +261,9 @@ def available_benchmarks(data_root=None) -> dict[str, bool]:
     found: dict[str, bool] = {}
     for key, (name, option) in BENCHMARKS.items():
         try:
-            build_dataset(name, data_root, **({"multi_query": True} if option == "multi_query" else {}))
+            with warnings.catch_warnings():   # a subset's count warning is not news here
+                warnings.simplefilter("ignore")
+                build_dataset(name, data_root, **({"multi_query": True} if option == "multi_query" else {}))
             found[key] = True
         except Exception:  # noqa: BLE001 - any failure to read means "no data"
             found[key] = False
