@@ -13,7 +13,9 @@ the notebook and the cell and exits non-zero.
 a finished run with the same full configuration (data, model, training,
 device type) is loaded instead of retrained, so notebooks 06, 07 and 08 train
 the quick model once. Training is deterministic on a CPU, so a cache hit gives
-the numbers a fresh run would.
+the numbers a fresh run would. The key covers the configuration, not the
+code: after changing the model, training or data code, delete ``runs/cache``
+(or point ``HACNN_RUN_CACHE`` elsewhere) so that the notebooks retrain.
 """
 from __future__ import annotations
 
