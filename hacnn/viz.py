@@ -202,12 +202,7 @@ def plot_explanation(image, levels, index: int = 0, path=None, mean=None, std=No
                           mean=mean, std=std)
     for ax in axes[:, 1:].flat:
         ax.set_ylabel("")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        savefig(fig, path)
-    return fig
+    return _finish(fig, title, path)
 
 
 def _load(img_or_path, size: tuple[int, int]) -> np.ndarray:
@@ -291,6 +286,11 @@ def plot_curves(log, x: str = "epoch", y: Sequence[str] | None = None, hue: str 
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(y):]:
         ax.set_axis_off()
+    return _finish(fig, title, path)
+
+
+def _finish(fig, title: str | None, path):
+    """Title, tight layout, and a PNG when ``path`` is given."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()

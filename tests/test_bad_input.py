@@ -39,18 +39,11 @@ TINY = dict(channels=(32, 64, 96), feat_dim=16, input_size=(32, 16),
             local_sizes=((8, 8), (4, 4), (2, 2)))
 # train: 3 ids x 2 images, so a P x K loader (P=2, K=2) can be built
 # the small trees are subsets of the real benchmarks: their count warnings are expected
-pytestmark = pytest.mark.filterwarnings("ignore::hacnn.data.DatasetCountWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::hacnn.data.DatasetCountWarning"),
+              pytest.mark.usefixtures("one_thread")]
 SMALL_MARKET = {"bounding_box_train": [(2, 1), (2, 2), (5, 1), (5, 3), (9, 2), (9, 4)],
                 "query": [(1, 1), (3, 2)],
                 "bounding_box_test": [(1, 2), (3, 3), (0, 4), (-1, 1)]}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def esc(value) -> str:

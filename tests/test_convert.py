@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_bn
 
 from hacnn import HACNN
 from hacnn.checkpoint import CheckpointError, atomic_save, load_model
@@ -19,14 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 def randomized_torchreid(num_classes=11, seed=0):
     """torchreid's HACNN with non-trivial BN statistics and hard-attention weights."""
     torch.manual_seed(seed)
-    m = TorchreidHACNN(num_classes, use_gpu=False)
+    m = randomize_bn(TorchreidHACNN(num_classes, use_gpu=False))
     with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                mod.running_mean.uniform_(-0.5, 0.5)
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.3, 0.3)
         for ha in (m.ha1, m.ha2, m.ha3):     # move the regions off the stripes
             ha.hard_attn.fc.weight.normal_(0, 0.05)
             ha.hard_attn.fc.bias.uniform_(-0.9, 0.9)

@@ -1,21 +1,11 @@
 """optimize_for_inference: same features as the trained model, faster layout."""
 import pytest
 import torch
+from conftest import randomize_bn
 
 from hacnn import HACNN
 from hacnn.blocks import ConvBlock
 from hacnn.inference import FusedInceptionA, FusedInceptionB, fold_conv_bn, optimize_for_inference
-
-
-def _randomize_bn(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-    return model
 
 
 def test_fold_conv_bn_hand_example():
@@ -36,7 +26,7 @@ def test_fold_conv_bn_hand_example():
 
 @pytest.mark.parametrize("kw", [{}, dict(attention_relu=False), dict(local_branch=False)])
 def test_optimized_model_matches_eval_model(kw):
-    m = _randomize_bn(HACNN(9, **kw)).eval()
+    m = randomize_bn(HACNN(9, **kw)).eval()
     fast = optimize_for_inference(m)
     assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in fast.modules())
     assert any(isinstance(x, FusedInceptionA) for x in fast.modules())
@@ -48,7 +38,7 @@ def test_optimized_model_matches_eval_model(kw):
 
 
 def test_bf16_weights_keep_the_features():
-    m = _randomize_bn(HACNN(9)).eval()
+    m = randomize_bn(HACNN(9)).eval()
     fast = optimize_for_inference(m, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
     x = torch.randn(4, 3, 160, 64)

@@ -29,13 +29,7 @@ from hacnn.logging_utils import LOG_COLUMNS, read_log
 from hacnn.training import (NonFiniteLossError, RunExistsError, Trainer, build_optimizer,
                             build_scheduler, get_rng_state, prepare_run_folder, set_rng_state)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and stay fast when pytest-xdist shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_MODEL = dict(channels=(32, 64, 96), feat_dim=64, input_size=(32, 16),
