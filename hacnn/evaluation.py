@@ -27,7 +27,8 @@ among true matches change no metric. Then ``CMC@k = mean_q [rank_1 <= k]``,
 ``AP = mean_k k / rank_k``, ``INP = n / rank_n`` (mINP: Ye et al., TPAMI 2021).
 
 Work goes in chunks of query rows, so memory beyond the (Q, G) output stays
-bounded; :func:`evaluate_features` never holds the whole matrix.
+bounded; :func:`evaluate_features` never holds the whole matrix (one 64 MiB
+block of distances per matmul, ranked in 8 MiB chunks).
 ``"euclidean"`` is the *squared* distance, as in torchreid; ``"cosine"`` is
 1 - cosine similarity. :func:`extract_features` and :func:`evaluate_model`
 run a model over ``(images, pids, camids, paths)`` loaders.
@@ -49,7 +50,8 @@ __all__ = ["RankResult", "compute_distance_matrix", "evaluate", "evaluate_featur
 METRICS = ("euclidean", "cosine")
 PROTOCOLS = {"market": "market", "duke": "market", "cuhk03": "market",
              "cuhk03_classic": "single_shot"}
-_CHUNK_ELEMENTS = 1 << 22  # distances held per chunk (16 MiB in float32)
+_CHUNK_ELEMENTS = 1 << 21  # distances ranked per chunk (8 MiB in float32)
+_BLOCK_CHUNKS = 8          # chunks per matmul block (64 MiB): large matmuls run faster
 _DENSE_FRACTION = 0.25     # above this share of "near" items, searchsorted the whole chunk
 
 
@@ -120,8 +122,8 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
 
 # ----------------------------------------------------------------------------- distances
 
-def _row_chunks(num_rows: int, num_cols: int):
-    step = max(1, _CHUNK_ELEMENTS // max(num_cols, 1))
+def _row_chunks(num_rows: int, num_cols: int, chunks_per_slice: int = 1):
+    step = max(1, _CHUNK_ELEMENTS // max(num_cols, 1)) * chunks_per_slice
     return [slice(i, min(i + step, num_rows)) for i in range(0, num_rows, step)]
 
 
@@ -162,7 +164,7 @@ def compute_distance_matrix(qf, gf, metric: str = "euclidean") -> torch.Tensor:
     """
     qf, gf = _feature_pair(qf, gf, metric)
     gal, out = _Gallery(gf, metric), qf.new_empty(qf.shape[0], gf.shape[0])   # out: (Q, G)
-    for rows in _row_chunks(*out.shape):
+    for rows in _row_chunks(*out.shape, _BLOCK_CHUNKS):
         d = gal.scores(qf[rows], out=out[rows])                       # (B, G)
         if metric == "cosine":
             d.add_(1.0)
@@ -217,7 +219,7 @@ def _bucket_counts(d, thr, thr_max):
     return torch.bincount(row * (M + 1) + pos, minlength=B * (M + 1)).view(B, M + 1)
 
 
-def _market_chunk(d, q_pid, q_cam, same_idx, g_cam):
+def _market_chunk(d, q_cam, same_idx, g_cam):
     """Per query of a chunk: first-match rank, AP and INP (market protocol).
 
     d: (B, G) distances to the non-junk gallery; same_idx: (B, M) gallery
@@ -236,7 +238,7 @@ def _market_chunk(d, q_pid, q_cam, same_idx, g_cam):
     n = is_match.sum(1)                                               # (B,) matches per query
     hist = _bucket_counts(d, thr, d_same.masked_fill(~is_match, -float("inf")).amax(1))
     at_or_before = hist.cumsum(1)[:, :M]                              # (B, M) all items <= thr_k
-    same_before = (d_same[:, None, :] <= thr[:, :, None]).sum(2)      # (B, M) same-pid items <= thr_k
+    same_before = torch.searchsorted(d_same.sort(1).values, thr, right=True)  # (B, M) same pid <= thr_k
     k = torch.arange(1, M + 1)
     rank = (at_or_before - same_before + k).double()                  # (B, M) rank of k-th match
     valid_k = k <= n[:, None]
@@ -269,32 +271,29 @@ def _single_shot_chunk(d, q_pid, q_cam, g_pid, g_cam, g_group, num_groups, num_r
     return torch.where(has_match[:, None], ranks, 0)
 
 
-def _evaluate_rows(rows_of, num_q, num_g, q_pids, g_pids, q_camids, g_camids, *,
+def _evaluate_rows(chunks, num_q, num_g, q_pids, g_pids, q_camids, g_camids, *,
                    max_rank, protocol, num_repeats, seed) -> RankResult:
-    """Shared driver: ``rows_of(slice)`` gives (B, G') distances to the non-junk gallery."""
+    """Shared driver: ``chunks(G')`` yields (rows, (B, G') distances to the non-junk gallery)."""
     _check_choice(protocol, "protocol", PROTOCOLS)
-    if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        _fail("max_rank", "a positive int", repr(max_rank))
+    for name, value in (("max_rank", max_rank), ("num_repeats", num_repeats)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            _fail(name, "a positive int", repr(value))
     keep = g_pids != -1                                               # junk is ignored
     g_pids, g_camids = g_pids[keep], g_camids[keep]
+    market = PROTOCOLS[protocol] == "market"
+    same_pid = _SamePid(g_pids)
+    gen = torch.Generator().manual_seed(seed)
+    groups, g_group = torch.unique(g_pids, return_inverse=True)
     firsts, aps, inps = [], [], []
-    if PROTOCOLS[protocol] == "market":
-        same_pid = _SamePid(g_pids)
-        for rows in _row_chunks(num_q, len(g_pids)):
-            first, ap, inp = _market_chunk(rows_of(rows), q_pids[rows], q_camids[rows],
-                                           same_pid.lookup(q_pids[rows]), g_camids)
-            firsts.append(first[:, None]), aps.append(ap), inps.append(inp)
-    else:
-        if not isinstance(num_repeats, (int, np.integer)) or num_repeats < 1:
-            _fail("num_repeats", "a positive int", repr(num_repeats))
-        gen = torch.Generator().manual_seed(seed)
-        groups, g_group = torch.unique(g_pids, return_inverse=True)
-        for rows in _row_chunks(num_q, len(g_pids)):
-            ranks = _single_shot_chunk(rows_of(rows), q_pids[rows], q_camids[rows], g_pids,
-                                       g_camids, g_group, len(groups), num_repeats, gen)
-            firsts.append(ranks)
-            recip = torch.where(ranks > 0, 1.0 / ranks.clamp(min=1).double(), 0.0).mean(1)
-            aps.append(recip), inps.append(recip)
+    for rows, d in chunks(len(g_pids)):
+        if market:
+            first, ap, inp = _market_chunk(d, q_camids[rows], same_pid.lookup(q_pids[rows]), g_camids)
+            first = first[:, None]
+        else:
+            first = _single_shot_chunk(d, q_pids[rows], q_camids[rows], g_pids, g_camids,
+                                       g_group, len(groups), num_repeats, gen)
+            ap = inp = torch.where(first > 0, 1.0 / first.clamp(min=1).double(), 0.0).mean(1)
+        firsts.append(first), aps.append(ap), inps.append(inp)
     first = torch.cat(firsts)                                         # (Q, R) first-match ranks
     valid = first[:, 0] > 0
     num_valid = int(valid.sum())
@@ -321,25 +320,32 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50,
     keep = (ids[1] != -1).nonzero()[:, 0]
     all_kept = len(keep) == dist.shape[1]
 
-    def rows_of(rows: slice) -> torch.Tensor:
-        _check_finite(dist[rows], f"distmat rows {rows.start}..{rows.stop - 1}")
-        return dist[rows].contiguous() if all_kept else dist[rows].index_select(1, keep)
+    def chunks(num_cols: int):
+        for rows in _row_chunks(dist.shape[0], num_cols):
+            _check_finite(dist[rows], f"distmat rows {rows.start}..{rows.stop - 1}")
+            yield rows, dist[rows].contiguous() if all_kept else dist[rows].index_select(1, keep)
 
-    return _evaluate_rows(rows_of, *dist.shape, *ids, max_rank=max_rank, protocol=protocol,
+    return _evaluate_rows(chunks, *dist.shape, *ids, max_rank=max_rank, protocol=protocol,
                           num_repeats=num_repeats, seed=seed)
 
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, *, metric: str = "euclidean",
                       max_rank: int = 50, protocol: str = "market", num_repeats: int = 10,
                       seed: int = 0) -> RankResult:
-    """Distances + ranks in one pass over query chunks; the (Q, G) matrix is never held."""
+    """Distances + ranks in one pass over query blocks; the (Q, G) matrix is never held whole."""
     qf, gf = _feature_pair(qf, gf, metric)
     ids = _check_ids(q_pids, g_pids, q_camids, g_camids, qf.shape[0], gf.shape[0])
     junk = ids[1] == -1
     gal = _Gallery(gf[~junk] if junk.any() else gf, metric)           # junk is never ranked
-    return _evaluate_rows(lambda rows: gal.scores(qf[rows]), qf.shape[0],
-                          gf.shape[0], *ids, max_rank=max_rank, protocol=protocol,
-                          num_repeats=num_repeats, seed=seed)
+
+    def chunks(num_cols: int):  # one matmul per block, ranked chunk by chunk (same grid as evaluate)
+        for block in _row_chunks(len(qf), num_cols, _BLOCK_CHUNKS):
+            scores = gal.scores(qf[block])                            # (B_block, G')
+            for sub in _row_chunks(len(scores), num_cols):
+                yield slice(block.start + sub.start, block.start + sub.stop), scores[sub]
+
+    return _evaluate_rows(chunks, qf.shape[0], gf.shape[0], *ids, max_rank=max_rank,
+                          protocol=protocol, num_repeats=num_repeats, seed=seed)
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,

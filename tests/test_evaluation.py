@@ -128,7 +128,7 @@ def problems(draw):
     return distmat, ints(q, 1, 4), ints(g, -1, 4), ints(q, 0, 2), ints(g, 0, 2)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(problems(), st.sampled_from([-1.0, 2.0]), st.integers(1, 15))
 def test_matches_brute_force_reference(problem, dense_fraction, max_rank):
     distmat, q_pids, g_pids, q_cams, g_cams = problem
@@ -155,16 +155,23 @@ def test_matches_torchreid_python_path(seed):
     assert mAP == pytest.approx(expected[1], abs=1e-9)
 
 
-def test_features_path_equals_distance_matrix_path():
+@pytest.mark.parametrize("protocol", ["market", "cuhk03_classic"])
+def test_features_path_equals_distance_matrix_path(protocol):
     rng = np.random.default_rng(0)
     qf, gf = rng.normal(size=(50, 16)), rng.normal(size=(300, 16))
     q_pids, g_pids = rng.integers(0, 20, 50), rng.integers(-1, 20, 300)
     q_cams, g_cams = rng.integers(0, 3, 50), rng.integers(0, 3, 300)
+    ids = (q_pids, g_pids, q_cams, g_cams)
     for metric in ev.METRICS:
-        a = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric)
-        b = evaluate(compute_distance_matrix(qf, gf, metric), q_pids, g_pids, q_cams, g_cams)
+        with mock.patch.object(ev, "_CHUNK_ELEMENTS", 700):  # 2-3 rows a chunk, 8 chunks a block
+            a = evaluate_features(qf, gf, *ids, metric=metric, protocol=protocol)
+            b = evaluate(compute_distance_matrix(qf, gf, metric), *ids, protocol=protocol)
+        c = evaluate_features(qf, gf, *ids, metric=metric, protocol=protocol)  # one chunk
         np.testing.assert_allclose(a.cmc, b.cmc, atol=1e-12)
         assert (a.mAP, a.mINP) == pytest.approx((b.mAP, b.mINP), abs=1e-12)
+        if protocol == "market":  # (the random draws follow the chunk grid)
+            np.testing.assert_allclose(a.cmc, c.cmc, atol=1e-12)
+            assert a.mAP == pytest.approx(c.mAP, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- CUHK03 classic
