@@ -162,15 +162,6 @@ TINY_MODEL = {"channels": (32, 64, 96), "feat_dim": 32, "input_size": (32, 16),
               "local_sizes": ((8, 8), (4, 4), (2, 2))}
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast when pytest-xdist shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory):
     from hacnn.data import build_dataset
