@@ -27,7 +27,7 @@ among true matches change no metric. Then ``CMC@k = mean_q [rank_1 <= k]``,
 ``AP = mean_k k / rank_k``, ``INP = n / rank_n`` (mINP: Ye et al., TPAMI 2021).
 
 Work goes in chunks of query rows, so memory beyond the (Q, G) output stays
-bounded; :func:`evaluate_features` never holds the whole matrix (one 64 MiB
+bounded; :func:`evaluate_features` never holds the whole matrix (one 32 MiB
 block of distances per matmul, ranked in 8 MiB chunks).
 ``"euclidean"`` is the *squared* distance, as in torchreid; ``"cosine"`` is
 1 - cosine similarity. :func:`extract_features` and :func:`evaluate_model`
@@ -51,7 +51,7 @@ METRICS = ("euclidean", "cosine")
 PROTOCOLS = {"market": "market", "duke": "market", "cuhk03": "market",
              "cuhk03_classic": "single_shot"}
 _CHUNK_ELEMENTS = 1 << 21  # distances ranked per chunk (8 MiB in float32)
-_BLOCK_CHUNKS = 8          # chunks per matmul block (64 MiB): large matmuls run faster
+_BLOCK_CHUNKS = 4          # chunks per matmul block (32 MiB): large matmuls run faster
 _DENSE_FRACTION = 0.25     # above this share of "near" items, searchsorted the whole chunk
 
 
@@ -257,6 +257,8 @@ def _single_shot_chunk(d, q_pid, q_cam, g_pid, g_cam, g_group, num_groups, num_r
     Rank 0 marks a query with no valid match.
     """
     B, G = d.shape
+    if G == 0:
+        return torch.zeros(B, num_repeats, dtype=torch.long)
     same = g_pid == q_pid[:, None]                                    # (B, G)
     valid = ~(same & (g_cam == q_cam[:, None]))
     has_match = (same & valid).any(1)                                 # (B,)

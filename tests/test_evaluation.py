@@ -83,10 +83,13 @@ def test_ties_rank_true_match_after_non_matches():
     assert res.mAP == 0.25 and res.mINP == 0.25
 
 
-def test_all_junk_gallery_gives_nan_and_counts_every_query():
-    res = evaluate(np.ones((2, 3)), [1, 2], [-1, -1, -1], [0, 0], [1, 1, 1])
-    assert (res.num_valid_queries, res.num_skipped_queries) == (0, 2)
-    assert np.isnan(res.mAP) and np.isnan(res.cmc).all() and len(res.cmc) == 3
+@pytest.mark.parametrize("protocol", ["market", "cuhk03_classic"])
+def test_all_junk_gallery_gives_nan_and_counts_every_query(protocol):
+    ids = ([1, 2], [-1, -1, -1], [0, 0], [1, 1, 1])
+    for res in (evaluate(np.ones((2, 3)), *ids, protocol=protocol),
+                evaluate_features(np.ones((2, 4)), np.ones((3, 4)), *ids, protocol=protocol)):
+        assert (res.num_valid_queries, res.num_skipped_queries) == (0, 2)
+        assert np.isnan(res.mAP) and np.isnan(res.cmc).all() and len(res.cmc) == 3
 
 
 def test_rank_result_row_and_frozen():
@@ -187,6 +190,18 @@ def test_single_shot_equals_market_when_one_item_per_identity():
     market = evaluate(distmat, q_pids, g_pids, q_cams, g_cams, protocol="market")
     np.testing.assert_allclose(single.cmc, market.cmc, atol=1e-12)
     assert single.mAP == pytest.approx(market.mAP, abs=1e-12)
+
+
+def test_single_shot_with_all_distances_tied_ranks_the_match_last():
+    # Every draw keeps one item per identity; with all distances equal the pessimistic
+    # rule puts the match after the other sampled identities: rank = #identities.
+    g_pids = np.array([1, 1, 2, 3, 3, 3, 4, -1])
+    g_cams = np.array([1, 1, 1, 1, 0, 1, 1, 1])
+    res = evaluate(np.ones((2, 8)), [3, 4], g_pids, [0, 2], g_cams, protocol="cuhk03_classic", max_rank=6)
+    # q0 (pid 3, cam 0): its cam-0 item is removed -> identities {1, 2, 3, 4}: rank 4.
+    # q1 (pid 4, cam 2): identities {1, 2, 3, 4}: rank 4.
+    np.testing.assert_array_equal(res.cmc, [0, 0, 0, 1, 1, 1])
+    assert res.mAP == 0.25 and res.num_valid_queries == 2
 
 
 def test_single_shot_is_seeded_and_agrees_with_torchreid_in_expectation():
