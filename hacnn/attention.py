@@ -78,7 +78,17 @@ class SoftAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.spatial(x) * self.channel(x)        # (B, C, H, W)
-        return torch.sigmoid(self.conv(a))           # (B, C, H, W) in (0, 1)
+        return torch.sigmoid(self.conv(same_layout(a, x)))   # (B, C, H, W) in (0, 1)
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d tensor stored channels_last (and not also plain contiguous, as when C == 1)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def same_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``ref``'s memory format when ``ref`` is channels_last (a broadcast product is not)."""
+    return t.contiguous(memory_format=torch.channels_last) if is_channels_last(ref) else t
 
 
 def stripe_translations(num_regions: int) -> torch.Tensor:
@@ -171,11 +181,17 @@ class HardRegionalAttention(nn.Module):
         Rows of the result: images major, regions minor.
         """
         B, C, H, W = x.shape
+        T, (h, w) = theta.shape[1], size
         with _no_autocast(x.device.type):
-            a_y = region_matrices(theta[..., 1], self.scale[1], H, size[0])   # (B, T, h, H)
-            a_x = region_matrices(theta[..., 0], self.scale[0], W, size[1])   # (B, T, w, W)
-            out = torch.einsum("bthy,bcyx,btwx->btchw", a_y, x.float(), a_x)        # (B, T, C, h, w)
-        return out.reshape(B * theta.shape[1], C, *size).to(x.dtype)
+            a_y = region_matrices(theta[..., 1], self.scale[1], H, h)         # (B, T, h, H)
+            a_x = region_matrices(theta[..., 0], self.scale[0], W, w)         # (B, T, w, W)
+            if is_channels_last(x):
+                # channels_last: (B, H, W, C) is a free view; two matmuls keep that layout
+                rows = a_y.reshape(B, T * h, H) @ x.float().permute(0, 2, 3, 1).reshape(B, H, W * C)
+                out = (a_x.reshape(B * T, 1, w, W) @ rows.view(B * T, h, W, C)).permute(0, 3, 1, 2)
+            else:
+                out = torch.einsum("bthy,bcyx,btwx->btchw", a_y, x.float(), a_x).reshape(B * T, C, h, w)
+        return out.to(x.dtype)
 
     def boxes(self, theta: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Regions as (x0, y0, x1, y1) boxes in input-image pixels: (B, T, 4)."""

@@ -52,12 +52,18 @@ def test_hard_attention_starts_on_the_four_stripes():
     torch.testing.assert_close(stripe_translations(2), torch.tensor([[0.0, -0.5], [0.0, 0.5]]))
 
 
-def test_batched_crop_equals_per_region_spatial_transformer():
-    """One grid_sample over stacked grids == T separate spatial transformers (reference)."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batched_crop_equals_per_region_spatial_transformer(channels_last):
+    """The batched separable crop == T separate spatial transformers + resize (reference), both layouts."""
     ha = HardRegionalAttention(8, num_regions=4)
     x = torch.randn(3, 8, 20, 8)
     theta = torch.rand(3, 4, 2) * 1.6 - 0.8
-    out = ha.crop(x, theta, (6, 7)).view(3, 4, 8, 6, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = ha.crop(x, theta, (6, 7))
+    # the crop keeps the input's layout, so a channels_last model stays channels_last
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    out = out.reshape(3, 4, 8, 6, 7)
     x, theta = x.double(), theta.double()          # float64 reference
     for t in range(4):
         aff = torch.zeros(3, 2, 3, dtype=torch.float64)
@@ -96,6 +102,22 @@ def test_crop_gradient_matches_grid_sample():
     ref = F.interpolate(ref, (5, 3), mode="bilinear", align_corners=True)
     (ref * w).sum().backward()
     torch.testing.assert_close(g_ours, theta.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_crop_channels_last_gradients_equal_contiguous():
+    """Both crop paths (einsum / channels_last matmuls) give the same gradients for x and theta."""
+    ha = HardRegionalAttention(5, num_regions=3)
+    x0 = torch.randn(2, 5, 16, 6)
+    theta0 = torch.rand(2, 3, 2) - 0.5
+    w = torch.randn(6, 5, 4, 3)
+    grads = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = x0.clone().contiguous(memory_format=fmt).requires_grad_()
+        theta = theta0.clone().requires_grad_()
+        (ha.crop(x, theta, (4, 3)) * w).sum().backward()
+        grads.append((x.grad, theta.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-4, rtol=1e-5)
 
 
 def test_model_outputs_and_feature_dim(batch):

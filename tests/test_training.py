@@ -153,6 +153,17 @@ def test_amp_bf16_channels_last_and_clipping(tmp_path):
     assert math.isfinite(history[0]["loss"]) and history[0]["loss"] < 2 * math.log(NUM_IDS) + 1
 
 
+def test_channels_last_default_trains_like_contiguous(tmp_path):
+    """The default channels_last path is a layout change only: same losses as NCHW to float rounding."""
+    assert TrainConfig().channels_last
+    batches = list(itertools.islice(tiny_loader(), 3))
+    runs = [tiny_trainer(tmp_path / str(cl), epochs=2, loader=batches, channels_last=cl, eval_every=0).fit()
+            for cl in (False, True)]
+    losses = [[row["loss"] for row in h] for h in runs]
+    assert losses[0][1] < losses[0][0]                     # it trains at all
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+
 def test_fp16_needs_cuda(tmp_path):
     with pytest.raises(ValueError, match="fp16.*bf16"):
         tiny_trainer(tmp_path, amp="fp16", device="cpu")
