@@ -24,11 +24,13 @@ reproduce: $(STAMP)
 
 # Full test suite: unit/property tests, then nbval over the committed
 # notebooks. pytest's exit code 5 ("no tests collected") is a failure here.
+# The notebooks' figures go to a scratch folder so that figures/ keeps the
+# full-run versions that `make reproduce` draws.
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  $(PY) -m pytest -q -p no:randomly --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg; \
+	  HACNN_FIGURES_DIR=$(CURDIR)/runs/nbval-figures $(PY) -m pytest -q -p no:randomly --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg; \
 	fi
 
 clean-venv:

@@ -388,25 +388,34 @@ def multi_query_pool(features, pids, camids, method: str = "mean"):
 
 @torch.inference_mode()
 def extract_features(model, loader, device=None, flip: bool = False, amp: bool | None = None,
-                     progress: bool = True, normalize: bool = False):
+                     progress: bool = True, normalize: bool = False, optimize: bool = True):
     """Run ``model`` (eval mode) over ``loader`` batches ``(images, pids, camids, paths)``.
 
     Returns (features (N, D) float32 CPU tensor, pids (N,), camids (N,) numpy).
     ``flip`` averages the features of each image and its horizontal mirror;
     ``normalize`` L2-normalises the final features; ``amp`` (default: on CUDA
-    only) runs the model under autocast.
+    only) runs the model under autocast. ``optimize`` (default) runs an
+    :class:`~hacnn.HACNN` through :func:`hacnn.inference.optimize_for_inference`
+    (a copy: folded batch norms, fused convolutions, channels_last; the same
+    features to float32 rounding, ~1.5x faster on CPU); other models run as given.
     """
+    from .inference import optimize_for_inference
+    from .model import HACNN
+
     device = torch.device(device or next((p.device for p in model.parameters()), "cpu"))
     amp = device.type == "cuda" if amp is None else amp
     was_training, feats, pids, camids = model.training, [], [], []
     model.eval()
+    net, layout = model, torch.contiguous_format
+    if optimize and isinstance(model, HACNN):
+        net, layout = optimize_for_inference(model), torch.channels_last
     try:
         for images, pid, camid, _ in tqdm(loader, desc="features", disable=not progress):
-            x = images.to(device, non_blocking=True)                  # (B, 3, H, W)
+            x = images.to(device, non_blocking=True, memory_format=layout)   # (B, 3, H, W)
             with torch.autocast(device.type, enabled=amp):
-                f = model(x).float()                                  # (B, D)
+                f = net(x).float()                                    # (B, D)
                 if flip:
-                    f = (f + model(x.flip(-1)).float()) / 2
+                    f = (f + net(x.flip(-1)).float()) / 2
             if f.dim() != 2 or len(f) != len(x):
                 _fail("model output", f"a ({len(x)}, D) feature matrix", f"shape {tuple(f.shape)}")
             feats.append(f.cpu()), pids.append(torch.as_tensor(pid)), camids.append(torch.as_tensor(camid))
@@ -423,13 +432,14 @@ def evaluate_model(model, query_loader, gallery_loader, *, metric: str = "euclid
                    multi_query: str | None = None, max_rank: int = 50, normalize: bool = False,
                    device=None, amp: bool | None = None, progress: bool = True,
                    k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                   num_repeats: int = 10, seed: int = 0) -> RankResult:
-    """Extract query/gallery features and evaluate them.
+                   num_repeats: int = 10, seed: int = 0, optimize: bool = True) -> RankResult:
+    """Extract query/gallery features (:func:`extract_features`) and evaluate them.
 
     ``multi_query`` ("mean" / "max") pools query features per (pid, camid);
     ``rerank`` applies k-reciprocal re-ranking (``hacnn.reranking``) with k1, k2, lambda.
     """
-    extract = dict(device=device, flip=flip, amp=amp, progress=progress, normalize=normalize)
+    extract = dict(device=device, flip=flip, amp=amp, progress=progress, normalize=normalize,
+                   optimize=optimize)
     qf, q_pids, q_camids = extract_features(model, query_loader, **extract)
     gf, g_pids, g_camids = extract_features(model, gallery_loader, **extract)
     if multi_query is not None:

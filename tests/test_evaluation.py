@@ -322,6 +322,26 @@ def test_extract_features_shapes_flip_normalize_and_mode():
     torch.testing.assert_close(unit, torch.nn.functional.normalize(flipped, dim=1))
 
 
+def test_extract_features_optimizes_hacnn_without_touching_it():
+    """HA-CNN features go through optimize_for_inference (a copy): same features as the eager model."""
+    from conftest import randomize_bn
+
+    from hacnn import HACNN
+
+    torch.manual_seed(0)
+    model = randomize_bn(HACNN(5)).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fast, _, _ = extract_features(model, QUERY, progress=False, flip=True)
+    eager, _, _ = extract_features(model, QUERY, progress=False, flip=True, optimize=False)
+    torch.testing.assert_close(fast, eager, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        images = torch.cat([b[0] for b in QUERY])
+        reference = (model.eval()(images) + model(images.flip(-1))) / 2
+    torch.testing.assert_close(eager, reference)
+    assert model.train().training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.is_contiguous() for p in model.parameters())          # the model keeps its layout
+
+
 @pytest.mark.parametrize("options", [
     {}, {"metric": "cosine"}, {"flip": True}, {"rerank": True, "k1": 3, "k2": 2},
     {"multi_query": "mean"}, {"multi_query": "max"}, {"protocol": "cuhk03_classic"},
