@@ -24,6 +24,8 @@ reproduce: $(STAMP)
 
 # Full test suite: unit/property tests, then nbval over the committed
 # notebooks. pytest's exit code 5 ("no tests collected") is a failure here.
+# Last, the whole sequence once more as the main job runs it (papermill,
+# quick=True; the run cache makes the trainings that nbval did free).
 # The notebooks' figures go to a scratch folder so that figures/ keeps the
 # full-run versions that `make reproduce` draws.
 test: $(STAMP)
@@ -32,6 +34,7 @@ test: $(STAMP)
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 	  HACNN_FIGURES_DIR=$(CURDIR)/runs/nbval-figures $(PY) -m pytest -q -p no:randomly --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg; \
 	fi
+	HACNN_FIGURES_DIR=$(CURDIR)/runs/nbval-figures $(PY) -m hacnn reproduce --quick --force --out runs/test-quick-reproduce
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,10 +1,10 @@
 """Does HA-CNN learn the synthetic benchmark, beat the global-only baseline, and suffer from misalignment?
 
-    python benchmarks/bench_synthetic_learning.py                 # seeds 0 1 2, ~12 min on 2 cores
+    python benchmarks/bench_synthetic_learning.py --seeds 0 1     # ~17 min on 2 cores
     python benchmarks/bench_synthetic_learning.py --seeds 0 --misalignments 0 0.6
 
 Every run is the quick training preset (``python -m hacnn train --quick``:
-the ``tiny`` synthetic benchmark at the default difficulty, 8 epochs of
+the ``small`` synthetic benchmark at the default difficulty, 4 epochs of
 Adam 1e-3, batch 32 = 8 identities x 4, default training path) with one
 seed, through :func:`hacnn.reproduce.cached_run` (so the notebooks and this
 script share finished runs in ``runs/cache``). It prints, as mean +- sd over
@@ -34,6 +34,7 @@ from common import machine, set_threads  # noqa: E402
 
 from hacnn.data.synthetic import Synthetic, default_root, generate_synthetic  # noqa: E402
 from hacnn.data.synthetic_plan import SyntheticConfig  # noqa: E402
+from hacnn.experiment import QUICK_DATA, QUICK_TRAIN  # noqa: E402
 from hacnn.reproduce import cached_run  # noqa: E402
 
 GLOBAL_ONLY = dict(local_branch=False, soft_attention=False)
@@ -76,7 +77,7 @@ def _expected_ap(m: int, n: int) -> float:
 
 
 def benchmark_root(misalignment: float) -> Path:
-    cfg = SyntheticConfig.for_size("tiny", misalignment=misalignment)
+    cfg = SyntheticConfig.for_size(QUICK_DATA["synthetic_size"], misalignment=misalignment)
     return generate_synthetic(default_root(cfg), config=cfg)
 
 
@@ -112,7 +113,8 @@ def main(argv=None) -> None:
             print(f"{name:12s} misalignment {m:4g} seed {seed}: Rank-1 {100 * r1:5.1f}  mAP {100 * mAP:5.1f}"
                   f"{'  (cached run)' if reused else ''}", flush=True)
 
-    print(f"\n# quick preset (tiny synthetic, 8 epochs, Adam 1e-3), seeds {a.seeds}, "
+    print(f"\n# quick preset ({QUICK_DATA['synthetic_size']} synthetic, {QUICK_TRAIN['epochs']} epochs, "
+          f"Adam {QUICK_TRAIN['lr']:g}), seeds {a.seeds}, "
           f"{time.perf_counter() - start:.0f} s -- {machine()}")
     full, base = results[("HA-CNN", DEFAULT_MISALIGNMENT)], results[("global only", DEFAULT_MISALIGNMENT)]
     print(f"\n1. HA-CNN vs global-only baseline, misalignment {DEFAULT_MISALIGNMENT:g} (mean +- sd, %)")

@@ -25,14 +25,15 @@ DEFAULT_DATASET = "synthetic"
 
 
 def _dataset_arguments(p: argparse.ArgumentParser, default_help: str) -> None:
+    from .data.synthetic_plan import SIZES
     from .experiment import DATASET_NAMES
 
     p.add_argument("--dataset", choices=DATASET_NAMES, metavar="NAME",
                    help=f"one of {', '.join(DATASET_NAMES)} (default: {default_help})")
     p.add_argument("--root", type=Path, help="data root (default: $HACNN_DATA; the synthetic "
                    "benchmark is generated there or under ~/.cache/hacnn on first use)")
-    p.add_argument("--synthetic-size", choices=("tiny", "default", "large"),
-                   help="size of the synthetic benchmark (default: default; tiny with --quick)")
+    p.add_argument("--synthetic-size", choices=tuple(SIZES),
+                   help="size of the synthetic benchmark (default: default; small with --quick)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
@@ -43,8 +44,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pth")
     p.add_argument("--force", action="store_true", help="overwrite a previous run in --out")
     p.add_argument("--quick", action="store_true",
-                   help="quick preset: tiny synthetic benchmark, 8 epochs, Adam lr 1e-3 "
-                   "(~1-2 min on 2 CPU cores)")
+                   help="quick preset: small synthetic benchmark (100 training ids), 4 epochs, "
+                   "Adam lr 1e-3 (~3 min on 2 CPU cores)")
     t = p.add_argument_group("training (defaults: the recipe's; see hacnn.config.RECIPES)")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="adam (default: Adam 3e-4, 500 epochs, torchreid's reproduction) or "

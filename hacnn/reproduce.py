@@ -167,7 +167,7 @@ def training_settings(dataset: str = "synthetic", *, quick: bool = True, epochs:
                       recipe: str = "adam", seed: int = 0) -> dict:
     """The :func:`cached_run` keywords of notebook 06's run (07 and 08 reuse them).
 
-    ``quick``: the QUICK preset (tiny synthetic benchmark, 8 epochs, Adam 1e-3).
+    ``quick``: the QUICK preset (small synthetic benchmark, 4 epochs, Adam 1e-3).
     Otherwise, on the synthetic benchmark: the ``default`` size for
     :data:`FULL_SYNTHETIC_EPOCHS` epochs at Adam 1e-3 (sized for the whole
     ``make reproduce`` to stay near half an hour on 2 CPU cores); on a real

@@ -80,7 +80,7 @@ def test_gather_and_write_results(tmp_path):
 
 def test_run_config_resolves_presets_and_hashes_switches():
     quick = run_config("synthetic", quick=True, seed=0)
-    assert quick["train"]["epochs"] == 8 and quick["data"]["synthetic"]["size"] == "tiny"
+    assert quick["train"]["epochs"] == 4 and quick["data"]["synthetic"]["size"] == "small"
     assert quick == run_config("synthetic", quick=True, seed=0, recipe="adam", epochs=None)
     assert config_hash(quick) == config_hash(run_config("synthetic", quick=True, seed=0))
     other = run_config("synthetic", quick=True, seed=0, model={"hard_attention": False})

@@ -25,6 +25,7 @@ Contents of a benchmark folder:
   and person box (pixels: shoulders, head top, soles).
 
 Sizes (:data:`SIZES`): ``tiny`` 24 + 16 ids x ~8 images (352 files, ~1 s),
+``small`` 100 + 50 ids x ~10 images (the quick training preset's),
 ``default`` 200 + 100 ids x ~30 images over 6 cameras (10,338 files, ~20 CPU
 seconds), ``large`` 751 + 750 ids x ~20 images (Market-1501's id counts).
 

@@ -25,6 +25,7 @@ DISTRACTOR_FRACTION = 2793 / 15913  # of the non-junk gallery
 JUNK_RATIO = 3819 / 15913           # junk boxes per non-junk gallery box
 SIZES = {
     "tiny": dict(num_train_ids=24, num_test_ids=16, images_per_id=8),
+    "small": dict(num_train_ids=100, num_test_ids=50, images_per_id=10),
     "default": dict(num_train_ids=200, num_test_ids=100, images_per_id=30),
     "large": dict(num_train_ids=751, num_test_ids=750, images_per_id=20),
 }
