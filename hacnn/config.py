@@ -120,7 +120,8 @@ class TrainConfig:
     ``amp``: None, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a
     GradScaler). ``channels_last`` (default on) stores activations and
     weights NHWC: the same losses to float32 rounding, about 1.3x faster on
-    CPU (oneDNN) and what tensor cores want (``benchmarks/bench_training.py``). ``grad_clip``: max global gradient norm (None: off).
+    CPU (oneDNN) and what tensor cores want (``benchmarks/bench_training.py``).
+    ``grad_clip``: max global gradient norm (None: off).
     ``eval_every``: evaluate every N epochs and after the last (0: never).
     ``num_instances``: images per identity in a batch (the P x K identity
     sampler of ``hacnn.data``).
