@@ -34,10 +34,9 @@ from common import machine, set_threads  # noqa: E402
 
 from hacnn.data.synthetic import Synthetic, default_root, generate_synthetic  # noqa: E402
 from hacnn.data.synthetic_plan import SyntheticConfig  # noqa: E402
-from hacnn.experiment import QUICK_DATA, QUICK_TRAIN  # noqa: E402
+from hacnn.experiment import QUICK_DATA, QUICK_TRAIN, VARIANTS  # noqa: E402
 from hacnn.reproduce import cached_run  # noqa: E402
 
-GLOBAL_ONLY = dict(local_branch=False, soft_attention=False)
 DEFAULT_MISALIGNMENT = SyntheticConfig.misalignment
 
 
@@ -108,7 +107,7 @@ def main(argv=None) -> None:
         jobs.append(("HA-CNN", DEFAULT_MISALIGNMENT))
     for name, m in jobs:
         for seed in a.seeds:
-            r1, mAP, reused = run(GLOBAL_ONLY if name == "global only" else {}, m, seed)
+            r1, mAP, reused = run(VARIANTS["global only" if name == "global only" else "full HA-CNN"], m, seed)
             results.setdefault((name, m), []).append((r1, mAP))
             print(f"{name:12s} misalignment {m:4g} seed {seed}: Rank-1 {100 * r1:5.1f}  mAP {100 * mAP:5.1f}"
                   f"{'  (cached run)' if reused else ''}", flush=True)

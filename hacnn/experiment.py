@@ -42,6 +42,16 @@ QUICK_TRAIN = {"epochs": 4, "eval_every": 2, "batch_size": 32, "num_instances": 
 # Model switches of the paper's ablations (Table 6) by their CLI names.
 ABLATIONS = {"no_local": "local_branch", "no_soft": "soft_attention",
              "no_hard": "hard_attention", "no_cail": "cross_attention"}
+# The variants of notebook 09 and benchmarks/bench_synthetic_learning.py: HACNNConfig switches
+# by name (the paper's Table 6 ladder, plus the fixed-stripes baseline of the misalignment sweep).
+VARIANTS = {
+    "global only": dict(local_branch=False, soft_attention=False),   # the global stream alone
+    "+ soft": dict(local_branch=False),                              # + soft attention
+    "+ hard": dict(soft_attention=False),                            # + local branch on learned regions
+    "full HA-CNN": {},                                               # soft + hard attention, CAIL
+    "without CAIL": dict(cross_attention=False),                     # no global crops into the local stream
+    "fixed stripes": dict(hard_attention=False),                     # local branch on the 4 fixed quarters
+}
 
 
 @dataclass

@@ -180,6 +180,22 @@ def test_ablation_variants(batch, kw, dim):
     assert all(p.grad is not None for p in m.parameters())
 
 
+def test_named_variants_are_the_ladder(batch):
+    """hacnn.experiment.VARIANTS (notebook 09): each step adds parameters; without CAIL, only
+    the first level's regions are used (the crop of the input), so levels 2-3 lose their fc."""
+    from hacnn.experiment import VARIANTS
+
+    models = {name: HACNN(5, **kw).eval() for name, kw in VARIANTS.items()}
+    n = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    assert n["global only"] < n["+ soft"] < n["full HA-CNN"]
+    assert n["global only"] < n["+ hard"] < n["full HA-CNN"]
+    hard_fc = [sum(p.numel() for p in ha.hard.parameters()) for ha in models["full HA-CNN"].attention]
+    assert n["full HA-CNN"] - n["without CAIL"] == hard_fc[1] + hard_fc[2] > 0
+    assert n["full HA-CNN"] - n["fixed stripes"] == sum(hard_fc)
+    dims = {name: m(batch[:2]).shape[1] for name, m in models.items()}
+    assert dims == {name: 512 if name in ("global only", "+ soft") else 1024 for name in VARIANTS}
+
+
 def test_config_and_input_errors():
     with pytest.raises(ValueError, match="multiples of 16"):
         HACNNConfig(input_size=(150, 64))
