@@ -1,10 +1,10 @@
 """Does the faster training path learn as well? hacnn vs torchreid's HACNN, same recipe and data.
 
-    python benchmarks/bench_training_accuracy.py [--seeds 0 1] [--epochs 4] [--size small] [--bf16]
+    python benchmarks/bench_training_accuracy.py [--seeds 0 1] [--epochs 4] [--size small] [--bf16] [--same-init]
 
 Trains torchreid's HACNN (its per-region loop, fp32) and hacnn.HACNN (the
-default training path: fp32 + channels_last; optionally bf16 autocast) with
-the same Trainer, data order and seeds on the synthetic benchmark (default:
+default training path: fp32 + channels_last; optionally bf16 autocast, and
+from torchreid's own initial weights) with the same Trainer, data order and seeds on the synthetic benchmark (default:
 the quick preset's settings, small size, 4 epochs, Adam 1e-3), and prints final
 Rank-1 / mAP (mean +- sd over seeds) and images/s of each. Equal accuracy
 "within seed noise" means the difference of means is within about one
@@ -53,6 +53,12 @@ def build(kind: str, num_classes: int, seed: int) -> nn.Module:
         from torchreid.reid.models.hacnn import HACNN as TorchreidHACNN
 
         return TorchreidAdapter(TorchreidHACNN(num_classes, use_gpu=False), num_classes)
+    if kind == "hacnn, torchreid's init":   # torchreid's initial weights, converted: same start
+        from hacnn.convert import from_torchreid
+
+        model = HACNN(num_classes)
+        model.load_state_dict(from_torchreid(build("torchreid", num_classes, seed).tr.state_dict()))
+        return model
     return HACNN(num_classes)
 
 
@@ -64,6 +70,9 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="also train hacnn under bf16 autocast")
+    p.add_argument("--same-init", action="store_true",
+                   help="also train hacnn from torchreid's initial weights (converted), which leaves the "
+                        "batched local stream as the only difference")
     a = p.parse_args(argv)
     set_threads(a.threads)
     data = Synthetic(size=a.size)
@@ -72,6 +81,8 @@ def main(argv=None) -> None:
                 "hacnn default": ("hacnn", dict())}
     if a.bf16:
         variants["hacnn bf16 autocast"] = ("hacnn", dict(amp="bf16"))
+    if a.same_init:
+        variants["hacnn, torchreid's init"] = ("hacnn, torchreid's init", dict())
     results = {k: [] for k in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:
@@ -84,13 +95,13 @@ def main(argv=None) -> None:
                 hist = trainer.fit()
                 speed = statistics.median(r["images_per_s"] for r in hist)
                 results[name].append((hist[-1]["rank1"], hist[-1]["mAP"], speed))
-                print(f"seed {seed} {name:22s} rank1 {100 * hist[-1]['rank1']:5.1f}  "
+                print(f"seed {seed} {name:24s} rank1 {100 * hist[-1]['rank1']:5.1f}  "
                       f"mAP {100 * hist[-1]['mAP']:5.1f}  {speed:6.1f} img/s", flush=True)
     print(f"# synthetic '{a.size}', {a.epochs} epochs, Adam lr {a.lr}, seeds {a.seeds} -- {machine()}")
     for name, rows in results.items():
         r1, mp, sp = zip(*rows)
         sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-        print(f"{name:22s} Rank-1 {100 * statistics.mean(r1):5.1f} +- {100 * sd(r1):4.1f}   "
+        print(f"{name:24s} Rank-1 {100 * statistics.mean(r1):5.1f} +- {100 * sd(r1):4.1f}   "
               f"mAP {100 * statistics.mean(mp):5.1f} +- {100 * sd(mp):4.1f}   {statistics.mean(sp):6.1f} img/s")
     base = results["torchreid fp32"]
     for name, rows in results.items():

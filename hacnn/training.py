@@ -61,6 +61,23 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
+def native_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether ``device`` computes in bf16 natively, i.e. where ``amp="bf16"`` saves time.
+
+    CUDA: a GPU with bf16 arithmetic (compute capability 8.0+); CPU: oneDNN's
+    bf16 support (AVX-512 or AMX; on these 2 cores of an AMD EPYC with AVX-512
+    bf16, autocast trains ~1.5x faster, benchmarks/README.md). Elsewhere bf16
+    would be emulated and slower than fp32.
+    """
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check()) if check is not None else False
+    return False
+
+
 def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool = False,
                        files: tuple[str, ...] = RUN_FILES, check_only: bool = False) -> Path:
     """Check ``out_dir`` before a run: never overwrite a run without ``resume`` or ``force``.

@@ -289,5 +289,15 @@ def _pause_after(batches, steps: int, marker: Path):
         yield batch
 
 
+
+def test_native_bf16_only_on_devices_that_compute_bf16():
+    from hacnn.training import native_bf16
+
+    assert native_bf16("meta") is False                       # no arithmetic at all
+    assert isinstance(native_bf16("cpu"), bool)
+    if not torch.cuda.is_available():
+        assert native_bf16(None) == native_bf16("cpu")        # None resolves to the CPU here
+
+
 if __name__ == "__main__":
     _main(sys.argv[1:])
