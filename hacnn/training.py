@@ -64,18 +64,23 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def native_bf16(device: str | torch.device | None = None) -> bool:
     """Whether ``device`` computes in bf16 natively, i.e. where ``amp="bf16"`` saves time.
 
-    CUDA: a GPU with bf16 arithmetic (compute capability 8.0+); CPU: oneDNN's
-    bf16 support (AVX-512 or AMX; on these 2 cores of an AMD EPYC with AVX-512
-    bf16, autocast trains ~1.5x faster, benchmarks/README.md). Elsewhere bf16
-    would be emulated and slower than fp32.
+    CUDA: a GPU with bf16 arithmetic (compute capability 8.0+). CPU: the
+    AVX-512 BF16 or AMX-BF16 instructions (on Linux read from /proc/cpuinfo,
+    elsewhere oneDNN's bf16 check); on 2 cores of an AMD EPYC with AVX-512
+    BF16, autocast trains ~1.5x faster (benchmarks/README.md). Elsewhere bf16
+    is emulated and slower than fp32.
     """
     device = resolve_device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
+    if device.type != "cpu":
+        return False
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
         check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         return bool(check()) if check is not None else False
-    return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool = False,

@@ -299,5 +299,21 @@ def test_native_bf16_only_on_devices_that_compute_bf16():
         assert native_bf16(None) == native_bf16("cpu")        # None resolves to the CPU here
 
 
+@pytest.mark.parametrize("flags,native", [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
+                                          ("fpu amx_bf16 amx_tile", True), ("fpu avx512_bf16x", False)])
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, flags, native):
+    import hacnn.training as training
+
+    class FakePath:
+        def __init__(self, path):
+            assert path == "/proc/cpuinfo"
+
+        def read_text(self):
+            return f"processor\t: 0\nflags\t\t: {flags}\n"
+
+    monkeypatch.setattr(training, "Path", FakePath)
+    assert training.native_bf16("cpu") is native
+
+
 if __name__ == "__main__":
     _main(sys.argv[1:])
