@@ -6,10 +6,9 @@ Trains torchreid's HACNN (its per-region loop, fp32) and hacnn.HACNN (the
 default training path: fp32 + channels_last; optionally bf16 autocast, and
 from torchreid's own initial weights) with the same Trainer, data order and
 seeds on the synthetic benchmark (default: the quick preset's settings, small
-size, 4 epochs, Adam 1e-3), and prints final
-Rank-1 / mAP (mean +- sd over seeds) and images/s of each. Equal accuracy
-"within seed noise" means the difference of means is within about one
-standard deviation of the seeds.
+size, 4 epochs, Adam 1e-3), and prints final Rank-1 / mAP (mean +- sd over
+seeds) and images/s of each. Equal accuracy "within seed noise" means the
+difference of means is within about one standard deviation of the seeds.
 """
 from __future__ import annotations
 

@@ -289,7 +289,6 @@ def _pause_after(batches, steps: int, marker: Path):
         yield batch
 
 
-
 def test_native_bf16_only_on_devices_that_compute_bf16():
     from hacnn.training import native_bf16
 
