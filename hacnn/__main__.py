@@ -56,8 +56,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: 0)")
-    t.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
-                   help="mixed precision: bf16 (CPU/CUDA) or fp16 (CUDA) (default: none)")
+    t.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default=None,
+                   help="mixed precision: bf16 (CPU/CUDA), fp16 (CUDA) or none (default: auto = bf16 "
+                   "autocast on a CPU that computes bf16 natively, else fp32; --quick: none)")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on; same results, faster on CPU and tensor cores)")
     t.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
@@ -74,12 +75,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_keywords(args: argparse.Namespace) -> dict:
-    amp = None if args.amp in (None, "none") else args.amp
     keys = ("recipe", "epochs", "batch_size", "num_instances", "lr", "weight_decay",
-            "label_smoothing", "channels_last", "grad_clip", "eval_every", "seed", "workers")
-    kw = {k: getattr(args, k) for k in keys}
-    kw["amp"] = amp
-    return kw
+            "label_smoothing", "amp", "channels_last", "grad_clip", "eval_every", "seed", "workers")
+    return {k: getattr(args, k) for k in keys}
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -88,12 +88,14 @@ def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
 
     from .config import HACNNConfig, TrainConfig
     from .experiment import QUICK_DATA, QUICK_TRAIN
+    from .training import resolve_amp
 
     train = {k: v for k, v in train.items() if v is not None}
     if quick:
         synthetic_size = synthetic_size or QUICK_DATA["synthetic_size"]
         train = {**QUICK_TRAIN, **train}
     train_cfg = TrainConfig(**train).to_dict()
+    train_cfg["amp"] = resolve_amp(train_cfg["amp"], device)      # "auto": what this device runs
     model_cfg = HACNNConfig(**(model or {})).to_dict()
     model_cfg.pop("num_classes")                                # comes from the data
     data: dict = {"dataset": dataset}

@@ -25,6 +25,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -81,6 +82,18 @@ def native_bf16(device: str | torch.device | None = None) -> bool:
         check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         return bool(check()) if check is not None else False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_amp(amp: str | None, device: str | torch.device | None = None) -> str | None:
+    """``TrainConfig.amp`` for ``device``: ``"auto"`` becomes ``"bf16"`` on a CPU
+    with native bf16 (:func:`native_bf16`) and None (fp32) elsewhere, CUDA
+    included (autocast was slower there for this model at batch 32-64 on an
+    H200, benchmarks/README.md); ``"none"`` becomes None; others are kept.
+    """
+    if amp == "auto":
+        device = resolve_device(device)
+        return "bf16" if device.type == "cpu" and native_bf16(device) else None
+    return None if amp == "none" else amp
 
 
 def prepare_run_folder(out_dir: str | Path, *, resume: bool = False, force: bool = False,
@@ -164,8 +177,9 @@ class Trainer:
                  out_dir: str | Path = "runs/hacnn", *, evaluator: Callable | None = None,
                  device: str | torch.device | None = None, progress: bool = True,
                  verbose: bool | None = None, overwrite: bool = False):
-        self.config = cfg = config or TrainConfig()
         self.device = resolve_device(device)
+        cfg = config or TrainConfig()
+        self.config = cfg = replace(cfg, amp=resolve_amp(cfg.amp, self.device))   # "auto" resolved
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError(f"amp='fp16' needs a CUDA device (got {self.device}); use amp='bf16' on CPU")
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

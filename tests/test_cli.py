@@ -114,6 +114,8 @@ def test_train_flags_reach_the_experiment(monkeypatch, tmp_path, capsys):
 
     assert main(["train", "--quick"]) == 0
     assert calls[1]["quick"] is True and str(calls[1]["out_dir"]) == "runs/quick"
+    assert calls[1]["amp"] is None                    # TrainConfig's default ("auto"; the quick preset: fp32)
+    assert main(["train", "--amp", "none"]) == 0 and calls[2]["amp"] == "none"
 
 
 def test_reproduce_runs_the_notebook_runner(monkeypatch, tmp_path):

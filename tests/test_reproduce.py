@@ -88,6 +88,21 @@ def test_run_config_resolves_presets_and_hashes_switches():
     assert config_hash(run_config("synthetic", quick=True, seed=1)) != config_hash(quick)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_run_config_keys_the_precision_the_device_will_run(monkeypatch, native):
+    import hacnn.training
+
+    monkeypatch.setattr(hacnn.training, "native_bf16", lambda device=None: native)
+    assert run_config("synthetic", quick=True)["train"]["amp"] is None          # the quick preset: fp32
+    auto = run_config("synthetic", epochs=2)["train"]["amp"]
+    assert auto == ("bf16" if native else None)
+    assert run_config("synthetic", epochs=2, device="cuda")["train"]["amp"] is None
+    resolved = "bf16" if native else "none"              # "auto" is keyed as what it resolves to
+    assert config_hash(run_config("synthetic", epochs=2)) == config_hash(run_config("synthetic", epochs=2, amp=resolved))
+    assert config_hash(run_config("synthetic", epochs=2, amp="bf16")) != \
+        config_hash(run_config("synthetic", epochs=2, amp="none"))
+
+
 def test_cached_run_loads_a_finished_run_without_training(tmp_path, monkeypatch):
     import hacnn.experiment
 

@@ -157,11 +157,28 @@ def test_channels_last_default_trains_like_contiguous(tmp_path):
     """The default channels_last path is a layout change only: same losses as NCHW to float rounding."""
     assert TrainConfig().channels_last
     batches = list(itertools.islice(tiny_loader(), 3))
-    runs = [tiny_trainer(tmp_path / str(cl), epochs=2, loader=batches, channels_last=cl, eval_every=0).fit()
-            for cl in (False, True)]
+    runs = [tiny_trainer(tmp_path / str(cl), epochs=2, loader=batches, channels_last=cl, eval_every=0,
+                         amp="none").fit() for cl in (False, True)]
     losses = [[row["loss"] for row in h] for h in runs]
     assert losses[0][1] < losses[0][0]                     # it trains at all
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, tmp_path, native):
+    import hacnn.training as training
+    from hacnn.training import resolve_amp
+
+    monkeypatch.setattr(training, "native_bf16", lambda device=None: native)
+    assert TrainConfig().amp == "auto" and TrainConfig(amp="none").amp is None
+    assert resolve_amp("auto", "cpu") == ("bf16" if native else None)
+    assert resolve_amp("auto", "cuda") is None and resolve_amp("auto", "meta") is None   # fp32 off the CPU
+    assert [resolve_amp(a, "cpu") for a in (None, "none", "bf16", "fp16")] == [None, None, "bf16", "fp16"]
+    trainer = tiny_trainer(tmp_path, epochs=1, loader=list(itertools.islice(tiny_loader(), 1)), eval_every=0)
+    assert trainer.config.amp == ("bf16" if native else None)
+    assert trainer.amp_dtype == (torch.bfloat16 if native else None)
+    trainer.fit()                                              # the checkpoint holds the resolved value
+    assert safe_load(tmp_path / "last.pth")["train"]["config"]["amp"] == ("bf16" if native else None)
 
 
 def test_fp16_needs_cuda(tmp_path):
