@@ -282,6 +282,10 @@ class Trainer:
             prepare_run_folder(self.out_dir, force=self.overwrite, files=TRAINER_FILES)
             seed_everything(cfg.seed, cfg.deterministic)
         self._write_logs("running")
+        precision = f"{cfg.amp} autocast" if cfg.amp else "fp32"
+        layout = "channels_last" if cfg.channels_last else "NCHW"
+        if self.epoch < cfg.epochs:
+            self._print(f"training on {self.device} in {precision}, {layout}: epochs {self.epoch + 1}-{cfg.epochs}")
         while self.epoch < cfg.epochs:
             row = self.train_epoch()
             self.scheduler.step()

@@ -165,7 +165,7 @@ def test_channels_last_default_trains_like_contiguous(tmp_path):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, tmp_path, native):
+def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, tmp_path, capsys, native):
     import hacnn.training as training
     from hacnn.training import resolve_amp
 
@@ -177,7 +177,10 @@ def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, tmp_path, 
     trainer = tiny_trainer(tmp_path, epochs=1, loader=list(itertools.islice(tiny_loader(), 1)), eval_every=0)
     assert trainer.config.amp == ("bf16" if native else None)
     assert trainer.amp_dtype == (torch.bfloat16 if native else None)
+    trainer.verbose = True
     trainer.fit()                                              # the checkpoint holds the resolved value
+    assert f"training on cpu in {'bf16 autocast' if native else 'fp32'}, channels_last: epochs 1-1" \
+        in capsys.readouterr().out
     assert safe_load(tmp_path / "last.pth")["train"]["config"]["amp"] == ("bf16" if native else None)
 
 
