@@ -39,9 +39,9 @@ SYNTHETIC_NOTE = "ours only: the paper has no synthetic benchmark"
 TRAINING_JSON = "06_training{suffix}.json"
 ABLATIONS_JSON = "09_ablations.json"
 # Notebook 06 with quick=False on the synthetic benchmark: the default size (200 train ids,
-# ~6,000 images) for 2 epochs at Adam 1e-3, evaluated after each, about a quarter of an hour
-# of the ~30 min that `make reproduce` takes on 2 CPU cores (estimated from ~15 training
-# images/s for HA-CNN on 2 idle cores).
+# ~6,000 images) for 2 epochs at Adam 1e-3, evaluated after each: 6.3 of the 25.6 min that
+# `make reproduce` took on 2 CPU cores with AVX-512 BF16 (bf16 autocast, the default there;
+# 7.7 min in fp32).
 FULL_SYNTHETIC_EPOCHS = 2
 FULL_SYNTHETIC_EVAL_EVERY = 1
 
