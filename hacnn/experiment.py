@@ -98,7 +98,9 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     ``train`` keywords are :class:`TrainConfig` fields (``epochs``, ``lr``,
     ``recipe``, ``amp``, ...); ``model`` holds :class:`HACNNConfig` fields
     (``num_classes`` comes from the data). ``quick`` applies
-    :data:`QUICK_DATA` / :data:`QUICK_TRAIN` under the explicit keywords.
+    :data:`QUICK_DATA` / :data:`QUICK_TRAIN` under the explicit keywords; a
+    keyword given as None keeps the preset's or ``TrainConfig``'s default
+    (fp32 is ``amp="none"``; ``amp=None`` leaves the default, ``"auto"``).
     ``resume`` continues ``out_dir/last.pth`` with the saved settings
     (dataset, model, training; only ``epochs`` may be raised); ``force``
     overwrites a previous run in ``out_dir``.
