@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_rates, torchreid_pair  # noqa: E402
+from common import AMP, channels_last_copy as cl, interleaved_rates, train_step_fn, torchreid_pair  # noqa: E402
 
 from hacnn.inference import optimize_for_inference  # noqa: E402
 
-AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NUM_CLASSES = 751
 
 
@@ -43,24 +42,6 @@ def infer_fn(model, x, amp, iters: int, device):
                                              enabled=AMP[amp] is not None):
             for _ in range(iters):
                 model(x)
-        _sync(device)
-    return run
-
-
-def train_fn(model, x, y, amp, iters: int, device):
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-
-    def run():
-        for _ in range(iters):
-            with torch.autocast(device.type, dtype=AMP[amp] or torch.float32, enabled=AMP[amp] is not None):
-                g, l = model(x)[:2]
-            loss = F.cross_entropy(g.float(), y) + F.cross_entropy(l.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
         _sync(device)
     return run
 
@@ -89,7 +70,6 @@ def main(argv=None) -> None:
     tr, ours = torchreid_pair(NUM_CLASSES)
     tr.use_gpu = dev.type == "cuda"        # torchreid moves its crop parameters with .cuda()
     tr, ours = tr.to(dev).eval(), ours.to(dev).eval()
-    cl = lambda m: copy.deepcopy(m).to(memory_format=torch.channels_last)  # noqa: E731
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         card = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}"
@@ -140,10 +120,10 @@ def main(argv=None) -> None:
         x_cl, y = x.contiguous(memory_format=torch.channels_last), y_all[:b]
         paths = {}
         for name, model in (("torchreid", tr), ("hacnn", ours)):
-            paths[f"{name} fp32"] = train_fn(copy.deepcopy(model), x, y, "fp32", a.iters, dev)
-            paths[f"{name} fp32 + channels_last"] = train_fn(cl(model), x_cl, y, "fp32", a.iters, dev)
+            paths[f"{name} fp32"] = train_step_fn(copy.deepcopy(model), x, y, "fp32", a.iters)
+            paths[f"{name} fp32 + channels_last"] = train_step_fn(cl(model), x_cl, y, "fp32", a.iters)
             for amp in ("bf16", "fp16"):
-                paths[f"{name} {amp} autocast + channels_last"] = train_fn(cl(model), x_cl, y, amp, a.iters, dev)
+                paths[f"{name} {amp} autocast + channels_last"] = train_step_fn(cl(model), x_cl, y, amp, a.iters)
         results[("training step", b)] = interleaved_rates(paths, b * a.iters, repeats=a.repeats, warmup=2)
         _report("training step", b, results[("training step", b)])
 
@@ -152,7 +132,7 @@ def main(argv=None) -> None:
     print("# peak GPU memory added by one batch-64 call (torch allocator, MiB)")
     for name, model, fm in (("torchreid", tr, cl(tr)), ("hacnn", ours, fast)):
         inf = peak_mib(infer_fn(fm, x_cl, "bf16", 1, dev), dev)
-        step = {amp: peak_mib(train_fn(cl(model), x_cl, y, amp, 1, dev), dev) for amp in ("fp32", "bf16")}
+        step = {amp: peak_mib(train_step_fn(cl(model), x_cl, y, amp), dev) for amp in ("fp32", "bf16")}
         print(f"{name:10s} inference bf16 + channels_last {inf:7.0f}   train step fp32 + channels_last "
               f"{step['fp32']:7.0f}   bf16 + channels_last {step['bf16']:7.0f}")
 
@@ -162,9 +142,8 @@ def _report(what: str, batch: int, rates: dict) -> None:
     for k, v in rates.items():
         print(f"  {k:48s} {v:9.0f} img/s")
     tr_best = max(v for k, v in rates.items() if k.startswith("torchreid"))
-    ours_best = max(v for k, v in rates.items() if k.startswith("hacnn"))
     best_name = max((k for k in rates if k.startswith("hacnn")), key=rates.get)
-    print(f"  ratio hacnn fastest ({best_name}) / torchreid fastest: {ours_best / tr_best:.2f}x")
+    print(f"  ratio hacnn fastest ({best_name}) / torchreid fastest: {rates[best_name] / tr_best:.2f}x")
     for amp in ("bf16", "fp16"):
         tk = f"torchreid {amp} autocast + channels_last"
         hk = next(k for k in rates if k.startswith(f"hacnn {amp} autocast"))

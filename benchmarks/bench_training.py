@@ -16,28 +16,14 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_rates, machine, set_threads, torchreid_pair  # noqa: E402
+from common import (channels_last_copy as cl, interleaved_rates, machine, set_threads,  # noqa: E402
+                    train_step_fn, torchreid_pair)
 
 from hacnn.training import resolve_amp  # noqa: E402
 
 FP32, BF16 = "hacnn fp32 + channels_last", "hacnn bf16 + channels_last"
-
-
-def step_fn(model, x, y, amp: bool):
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-    model.train()
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            g, l = model(x)[:2]
-            loss = F.cross_entropy(g.float(), y) + F.cross_entropy(l.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
 
 
 def main(argv=None) -> None:
@@ -52,14 +38,13 @@ def main(argv=None) -> None:
     x = torch.randn(a.batch, 3, 160, 64, generator=g)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 200, (a.batch,), generator=g)
-    cl = lambda m: copy.deepcopy(m).to(memory_format=torch.channels_last)  # noqa: E731
     paths = {
-        "torchreid fp32": step_fn(copy.deepcopy(tr), x, y, amp=False),
-        "torchreid fp32 + channels_last": step_fn(cl(tr), x_cl, y, amp=False),
-        "torchreid bf16 + channels_last": step_fn(cl(tr), x_cl, y, amp=True),
-        "hacnn fp32 (NCHW)": step_fn(copy.deepcopy(ours), x, y, amp=False),
-        FP32: step_fn(cl(ours), x_cl, y, amp=False),
-        BF16: step_fn(cl(ours), x_cl, y, amp=True),
+        "torchreid fp32": train_step_fn(copy.deepcopy(tr), x, y),
+        "torchreid fp32 + channels_last": train_step_fn(cl(tr), x_cl, y),
+        "torchreid bf16 + channels_last": train_step_fn(cl(tr), x_cl, y, "bf16"),
+        "hacnn fp32 (NCHW)": train_step_fn(copy.deepcopy(ours), x, y),
+        FP32: train_step_fn(cl(ours), x_cl, y),
+        BF16: train_step_fn(cl(ours), x_cl, y, "bf16"),
     }
     default = BF16 if resolve_amp("auto", "cpu") == "bf16" else FP32     # TrainConfig() on this CPU
     rates = interleaved_rates(paths, a.batch, repeats=a.repeats)

@@ -8,7 +8,10 @@ import statistics
 import time
 import warnings
 
+import copy
+
 import torch
+import torch.nn.functional as F
 
 # torchreid's HACNN uses deprecated calls (F.upsample, affine_grid defaults): silence them.
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -45,6 +48,36 @@ def torchreid_pair(num_classes: int = 751, seed: int = 0):
     tr.load_state_dict(to_torchreid(ours.state_dict()))
     assert from_torchreid(tr.state_dict()).keys() == ours.state_dict().keys()
     return tr, ours
+
+
+AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def channels_last_copy(model):
+    return copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+
+def train_step_fn(model, x, y, amp: str = "fp32", iters: int = 1):
+    """A callable running ``iters`` training steps: forward in train mode under ``amp``
+    (AMP key) autocast, cross-entropy on both heads, backward, Adam (lr 3e-4; a
+    GradScaler for fp16); synchronises a CUDA device at the end."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    device = x.device
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def run():
+        for _ in range(iters):
+            with torch.autocast(device.type, dtype=AMP[amp] or torch.float32, enabled=AMP[amp] is not None):
+                g, l = model(x)[:2]
+            loss = F.cross_entropy(g.float(), y) + F.cross_entropy(l.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return run
 
 
 def interleaved_rates(fns: dict, items_per_call: int, repeats: int = 5, warmup: int = 1) -> dict:
