@@ -78,7 +78,18 @@ def sample_identity(rng: np.random.Generator) -> dict:
     }
 
 
-# Scene materials (walls, ground, accents for windows and clutter).
+# Body heights in world units (head top 0, soles 1): shoulders, waist and ankles; the
+# crotch is the identity's ``legs`` value. Ground truth for the attention measures.
+Y_SHOULDER, Y_WAIST, Y_ANKLE = 0.165, 0.47, 0.955
+PARTS = ("head", "torso", "legs", "feet")
+
+
+def body_parts(at: dict) -> dict[str, tuple[float, float]]:
+    """Vertical extents (y0, y1) of the body parts of identity ``at``, in world units:
+    head (head top to shoulders, with the neck), torso (shoulders to crotch, with the
+    hips), legs (crotch to ankles), feet (ankles to soles)."""
+    return {"head": (0.0, Y_SHOULDER), "torso": (Y_SHOULDER, at["legs"]),
+            "legs": (at["legs"], Y_ANKLE), "feet": (Y_ANKLE, 1.0)}
 
 
 # --- shapes: (bbox, signed distance) pairs in world units ---------------------
@@ -216,8 +227,8 @@ def draw_person(cv: Canvas, at: dict, view: str, phase: float) -> None:
     bag = pal["bag"].get(at["bag_color"], (0, 0, 0))
     b, s = at["build"], np.sin(phase)
     sw, ww = (0.07 * b, 0.055 * b) if side else (0.105 * b, 0.085 * b)  # shoulder, waist
-    y_sh, y_waist, y_crotch = 0.165, 0.47, at["legs"]
-    y_knee, y_ankle = (y_crotch + 0.955) / 2, 0.955
+    y_sh, y_waist, y_crotch = Y_SHOULDER, Y_WAIST, at["legs"]
+    y_knee, y_ankle = (y_crotch + Y_ANKLE) / 2, Y_ANKLE
     kind = at["lower_kind"]
 
     # legs: (hip x, knee x, ankle x, ankle lift, shade); far leg first

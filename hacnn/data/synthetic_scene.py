@@ -5,7 +5,9 @@ materials (walls above a horizon, textured ground, clutter, passers-by who
 occlude), and a sensor: illumination and its gradient, white balance (a colour
 cast), gamma, blur, resolution (down- then up-sampling) and noise.
 :func:`render_image` draws one crop: scene, passers-by behind, the person and
-a shadow, passers-by in front, then the camera.
+a shadow, passers-by in front, then the camera; :func:`person_coverage` says
+which of its pixels show the person (the ground truth of
+:mod:`hacnn.data.synthetic_truth`).
 """
 from __future__ import annotations
 
@@ -172,26 +174,64 @@ def render_image(spec: dict, identity: dict | None, cam: dict, *, height: int = 
     """
     rng = np.random.default_rng(spec["seed"])
     cv = Canvas.for_box(spec["box"], height, width)
-    passers = []
-    if not plain:
-        draw_scene(cv, cam, rng, float(rng.uniform(-3, 3)))
-        if rng.random() < cam["occluders"] + (0.3 if identity is None else 0.0):
-            front = bool(rng.random() < 0.5)
-            passers.append((front, sample_identity(rng), _pick(rng, VIEWS),
-                            float(rng.uniform(0, 2 * np.pi)),
-                            float(rng.choice([-1, 1]) * rng.uniform(0.28, 0.45)),
-                            float(rng.uniform(1.0, 1.15) if front else rng.uniform(0.8, 0.95))))
-    for front, at, view, phase, dx, scale in passers:
-        if not front:
-            draw_person(cv.moved(dx, dy=0.25 * (scale - 1), scale=scale), at, view, phase)
+    passers = [] if plain else _scene_and_passers(cv, cam, identity, rng)
+    _draw_passers(cv, passers, front=False)
     if identity is not None:
         if not plain:
             cv.paint(ellipse(0.02, 0.995, 0.17 * identity["build"], 0.028), None, 0.6)
         draw_person(cv, identity, spec["view"], spec["phase"])
-    for front, at, view, phase, dx, scale in passers:
-        if front:
-            draw_person(cv.moved(dx, dy=0.25 * (scale - 1), scale=scale), at, view, phase)
+    _draw_passers(cv, passers, front=True)
     if plain:
         return np.ascontiguousarray((np.clip(cv.img, 0, 1) * 255 + 0.5).astype(np.uint8)
                                     .transpose(1, 2, 0))
     return apply_camera(cv.img, cam, rng)
+
+
+def _scene_and_passers(cv: Canvas, cam: dict, identity: dict | None,
+                       rng: np.random.Generator) -> list[tuple]:
+    """Draw the scene on ``cv``, then sample the passers-by (at most one):
+    ``(front, attributes, view, phase, dx, scale)`` tuples."""
+    draw_scene(cv, cam, rng, float(rng.uniform(-3, 3)))
+    if rng.random() >= cam["occluders"] + (0.3 if identity is None else 0.0):
+        return []
+    front = bool(rng.random() < 0.5)
+    return [(front, sample_identity(rng), _pick(rng, VIEWS), float(rng.uniform(0, 2 * np.pi)),
+             float(rng.choice([-1, 1]) * rng.uniform(0.28, 0.45)),
+             float(rng.uniform(1.0, 1.15) if front else rng.uniform(0.8, 0.95)))]
+
+
+def _draw_passers(cv: Canvas, passers: list[tuple], front: bool) -> None:
+    """The passers-by behind the person (``front=False``) or in front of them."""
+    for in_front, at, view, phase, dx, scale in passers:
+        if in_front == front:
+            draw_person(cv.moved(dx, dy=0.25 * (scale - 1), scale=scale), at, view, phase)
+
+
+def person_coverage(spec: dict, identity: dict | None, cam: dict, *, height: int = 128,
+                    width: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Where the person of :func:`render_image`'s crop lies: ``(person, visible)``,
+    two float32 (H, W) maps in [0, 1] of the pixels' coverage (anti-aliased edges
+    partly covered): the whole person, and the part not hidden by a passer-by in
+    front. Zero for a crop without a person.
+
+    Replays the crop's random draws (scene on a 1x1 canvas, then the passers-by)
+    and draws the person on black and on white: per pixel the two differ by the
+    transmittance of everything drawn, so coverage = 1 - (white - black), exactly.
+    """
+    rng = np.random.default_rng(spec["seed"])
+    passers = _scene_and_passers(Canvas.for_box(spec["box"], 1, 1), cam, identity, rng)
+
+    def coverage(draw) -> np.ndarray:
+        black, white = (Canvas.for_box(spec["box"], height, width, fill=(v, v, v)) for v in (0, 1))
+        draw(black)
+        draw(white)
+        return np.clip(1 - (white.img - black.img).mean(0), 0, 1)   # (H, W)
+
+    if identity is None:
+        empty = np.zeros((height, width), np.float32)
+        return empty, empty
+    person = coverage(lambda cv: draw_person(cv, identity, spec["view"], spec["phase"]))
+    if not any(front for front, *_ in passers):
+        return person, person
+    return person, person * (1 - coverage(lambda cv: _draw_passers(cv, passers, front=True)))
+
