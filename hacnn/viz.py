@@ -1,5 +1,5 @@
 """Plotting helpers for the notebooks: attention overlays, region boxes,
-ranked lists and training curves.
+ranked lists, training curves and the attention measures.
 
 Every function accepts torch tensors or numpy arrays, draws on an ``ax`` it is
 given (or makes its own figure) and, given ``path``, saves a PNG with
@@ -286,6 +286,54 @@ def plot_curves(log, x: str = "epoch", y: Sequence[str] | None = None, hue: str 
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(y):]:
         ax.set_axis_off()
+    return _finish(fig, title, path)
+
+
+def plot_attention_measures(measures, path=None, title: str | None = None):
+    """:class:`hacnn.diagnostics.AttentionMeasures` as three panels, one bar per model
+    (``measures``: one, or ``{label: measures}``): per level the soft attention's
+    share on the person (bars: of ``a - min(a)``; crosses: of ``a``; dashed: the
+    uniform baseline); per level and region the IoU with its part's stripe; and the
+    Pearson r of t_y with the person's offset (95 % intervals). Returns the Figure.
+    """
+    from .diagnostics import AttentionMeasures
+
+    if isinstance(measures, AttentionMeasures):
+        measures = {"model": measures}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1, 2, 2]})
+    width = 0.8 / len(measures)
+    for k, (label, m) in enumerate(measures.items()):
+        soft, regions = m.soft_table(), m.region_table()
+        colour = f"C{k}"
+        x = np.arange(len(soft)) + (k - (len(measures) - 1) / 2) * width
+        axes[0].bar(x, soft["share_above_min"], width, color=colour, label=label)
+        axes[0].scatter(x, soft["share"], marker="x", color="black", zorder=3,
+                        label="share of a" if k == 0 else None)
+        xr = np.arange(len(regions)) + (k - (len(measures) - 1) / 2) * width
+        axes[1].bar(xr, regions["iou"], width, color=colour, label=label)
+        r = regions["r_offset"].to_numpy()
+        err = np.abs(np.stack([r - regions["r_offset_low"], regions["r_offset_high"] - r]))
+        fixed = " (no r: regions fixed)" if np.isnan(r).all() else ""
+        axes[2].bar(xr, np.nan_to_num(r), width, color=colour, label=label + fixed)
+        axes[2].errorbar(xr, r, yerr=err, fmt="none", ecolor="black", capsize=2)
+    baseline = soft["person_area"].iloc[0]
+    axes[0].axhline(baseline, color="black", linestyle="--", linewidth=1,
+                    label=f"uniform ({baseline:.2f})")
+    axes[0].set_xticks(range(len(soft)), [f"level {lvl}" for lvl in soft.index])
+    axes[0].set(ylim=(0, 1), xlabel="level", ylabel="share of attention on person pixels",
+                title="soft attention on the person")
+    names = [f"L{lvl} {part}" for (lvl, _), part in zip(regions.index, regions["part"])]
+    for ax, ylabel, head in ((axes[1], "IoU with the part's full-width stripe", "regions on parts"),
+                             (axes[2], "Pearson r of t_y with the person's offset",
+                              "regions following the person")):
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set(xlabel="level and region (top to bottom: part)", ylabel=ylabel, title=head)
+    axes[1].set_ylim(0, 1)
+    axes[2].set_ylim(-1, 1)
+    axes[2].axhline(0, color="black", linewidth=0.8)
+    axes[0].legend(fontsize=7, loc="upper left")
+    axes[1].legend(fontsize=7, loc="upper right")
+    axes[2].legend(fontsize=7, loc="lower left")
     return _finish(fig, title, path)
 
 

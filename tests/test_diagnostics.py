@@ -231,3 +231,18 @@ def test_measure_attention_of_fixed_stripes(bench, one_thread):
     table = m.table()
     assert len(table) == 12 and table["r_offset"].isna().all()   # stripes do not move
     assert (table["n"] == 5).all()
+
+
+def test_plot_attention_measures(tmp_path):
+    from hacnn.viz import plot_attention_measures
+
+    levels, truth = following_batch()
+    m = AttentionMeasures(**{k: v.numpy() for k, v in measure_batch(levels, truth).items()})
+    fig = plot_attention_measures({"following": m, "again": m}, path=tmp_path / "m.png")
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "share of attention on person pixels", "IoU with the part's full-width stripe",
+        "Pearson r of t_y with the person's offset"]
+    assert all(ax.get_xlabel() for ax in fig.axes) and (tmp_path / "m.png").stat().st_size > 0
+    heights = [b.get_height() for b in fig.axes[2].patches]
+    np.testing.assert_allclose(heights, 1, rtol=1e-6)   # 2 models x 4 regions, r = 1
+
