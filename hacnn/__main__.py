@@ -5,6 +5,8 @@ Examples::
     python -m hacnn synth --size tiny
     python -m hacnn train --quick --out runs/quick
     python -m hacnn train --dataset market1501 --root ~/data --out runs/market
+    python -m hacnn train --dataset folder --root ~/crops --test-ids 0.3 --out runs/mine
+    python -m hacnn train --dataset cuhk03-pair --root ~/data/cuhk03_pair1
     python -m hacnn train --out runs/market --resume
     python -m hacnn evaluate --weights runs/market/best.pth --dataset market1501 --flip
     python -m hacnn convert --from-torchreid hacnn_market.pth.tar --out hacnn_market.pth
@@ -35,6 +37,22 @@ def _dataset_arguments(p: argparse.ArgumentParser, default_help: str) -> None:
     p.add_argument("--synthetic-size", choices=tuple(SIZES),
                    help="size of the synthetic benchmark (default: default; small with --quick)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--merge-val", action="store_true", default=None,
+                   help="msmt17: train on list_train + list_val (default: list_train only)")
+    from .data.folder import add_folder_arguments
+    add_folder_arguments(p)
+
+
+def _dataset_options(args: argparse.Namespace) -> dict:
+    """Reader keywords from the dataset flags (``--pattern``, ``--merge-val``, ...)."""
+    from .data.folder import folder_options
+
+    options = folder_options(args)
+    if args.merge_val:
+        if args.dataset != "msmt17":
+            raise ValueError("--merge-val applies to --dataset msmt17")
+        options["merge_val"] = True
+    return options
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,7 +110,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = run_experiment(dataset, out, root=args.root, synthetic_size=args.synthetic_size,
                             quick=args.quick, resume=args.resume, force=args.force, model=model,
                             device=args.device, progress=not args.no_progress, verbose=True,
-                            **_train_keywords(args))
+                            dataset_options=_dataset_options(args), **_train_keywords(args))
     print(f"run folder: {result.out_dir} ({len(result.history)} epochs)")
     if result.final:
         print(format_result(result.final, f"final (epoch {result.final['epoch']}):"))
@@ -104,16 +122,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .experiment import evaluate_checkpoint, format_result
 
     dataset, root, size = args.dataset, args.root, args.synthetic_size
+    options = _dataset_options(args)
     run_info = Path(args.weights).parent / RUN_JSON
     if dataset is None and run_info.is_file():      # a run folder's checkpoint: its own data
         saved = json.loads(run_info.read_text())
         dataset, size = saved["dataset"], size or saved.get("synthetic_size")
-        root = root or saved.get("root")
+        root, options = root or saved.get("root"), saved.get("dataset_options", {})
     dataset = dataset or DEFAULT_DATASET
     result = evaluate_checkpoint(args.weights, dataset, root=root, synthetic_size=size,
                                  rerank=args.rerank, flip=args.flip, device=args.device,
                                  batch_size=args.batch_size, workers=args.workers,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, dataset_options=options)
     title = f"{args.weights} on {dataset}" + (" + re-ranking" if args.rerank else "") + \
         (" + flip" if args.flip else "")
     print(format_result(result, title))

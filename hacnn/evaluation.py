@@ -7,7 +7,17 @@ Protocols (``protocol=``):
   2015). Per query, gallery items with the same identity *and* camera are
   removed and junk (pid -1) is ignored; distractors (pid 0) are ordinary
   non-matches. CMC counts the first true match, AP averages precision over
-  all true matches. A query with no valid match is skipped and counted.
+  all true matches. A query with no valid match (its identity absent from the
+  gallery, or seen there only by its own camera) is skipped and counted in
+  ``num_skipped_queries``: every metric is a mean over the other queries (scored
+  as misses instead, each would fall by the skipped share).
+- ``"nocam"``: for data without camera ids (:mod:`hacnn.data.folder`). The
+  same-identity-same-camera filter cannot be applied (with every camid equal
+  it would discard every true match), so every non-junk gallery item of the
+  query's identity is a true match. The query's own image must not be in the
+  gallery (the folder readers guarantee query and gallery share no file); to
+  rank a set against itself, use ``"market"`` with one distinct camid per
+  image, which removes exactly each query's own item.
 - ``"cuhk03_classic"``: the single-gallery-shot protocol (Li et al., CVPR
   2014; torchreid's ``eval_cuhk03``). Per query, one valid item per gallery
   identity is drawn at random, ``num_repeats`` times from a seeded
@@ -49,7 +59,7 @@ __all__ = ["RankResult", "compute_distance_matrix", "evaluate", "evaluate_featur
 
 METRICS = ("euclidean", "cosine")
 PROTOCOLS = {"market": "market", "duke": "market", "cuhk03": "market",
-             "cuhk03_classic": "single_shot"}
+             "nocam": "nocam", "cuhk03_classic": "single_shot"}
 _CHUNK_ELEMENTS = 1 << 21  # distances ranked per chunk (8 MiB in float32)
 _BLOCK_CHUNKS = 4          # chunks per matmul block (32 MiB): large matmuls run faster
 _DENSE_FRACTION = 0.25     # above this share of "near" items, searchsorted the whole chunk
@@ -219,12 +229,14 @@ def _bucket_counts(d, thr, thr_max):
     return torch.bincount(row * (M + 1) + pos, minlength=B * (M + 1)).view(B, M + 1)
 
 
-def _market_chunk(d, q_cam, same_idx, g_cam):
-    """Per query of a chunk: first-match rank, AP and INP (market protocol).
+def _market_chunk(d, q_cam, same_idx, g_cam, cross_camera: bool = True):
+    """Per query of a chunk: first-match rank, AP and INP (market / nocam protocol).
 
     d: (B, G) distances to the non-junk gallery; same_idx: (B, M) gallery
-    items sharing the query's pid (-1 padded). Returns (B,) int64 first rank
-    (0 = no valid match), (B,) float64 AP, (B,) float64 INP.
+    items sharing the query's pid (-1 padded). ``cross_camera``: only other
+    cameras' items are true matches (market); otherwise all of them (nocam).
+    Returns (B,) int64 first rank (0 = no valid match), (B,) float64 AP,
+    (B,) float64 INP.
     """
     B, M = same_idx.shape
     if M == 0:
@@ -233,7 +245,7 @@ def _market_chunk(d, q_cam, same_idx, g_cam):
     pad = same_idx < 0
     idx = same_idx.clamp(min=0)
     d_same = d.gather(1, idx).masked_fill_(pad, float("inf"))        # (B, M) same pid, any camera
-    is_match = ~pad & (g_cam[idx] != q_cam[:, None])                  # other camera: a true match
+    is_match = ~pad & (g_cam[idx] != q_cam[:, None]) if cross_camera else ~pad  # true matches
     thr = d_same.masked_fill(~is_match, float("inf")).sort(1).values  # (B, M) sorted match distances
     n = is_match.sum(1)                                               # (B,) matches per query
     hist = _bucket_counts(d, thr, d_same.masked_fill(~is_match, -float("inf")).amax(1))
@@ -282,14 +294,15 @@ def _evaluate_rows(chunks, num_q, num_g, q_pids, g_pids, q_camids, g_camids, *,
             _fail(name, "a positive int", repr(value))
     keep = g_pids != -1                                               # junk is ignored
     g_pids, g_camids = g_pids[keep], g_camids[keep]
-    market = PROTOCOLS[protocol] == "market"
+    kind = PROTOCOLS[protocol]
     same_pid = _SamePid(g_pids)
     gen = torch.Generator().manual_seed(seed)
     groups, g_group = torch.unique(g_pids, return_inverse=True)
     firsts, aps, inps = [], [], []
     for rows, d in chunks(len(g_pids)):
-        if market:
-            first, ap, inp = _market_chunk(d, q_camids[rows], same_pid.lookup(q_pids[rows]), g_camids)
+        if kind != "single_shot":
+            first, ap, inp = _market_chunk(d, q_camids[rows], same_pid.lookup(q_pids[rows]), g_camids,
+                                           cross_camera=kind == "market")
             first = first[:, None]
         else:
             first = _single_shot_chunk(d, q_pids[rows], q_camids[rows], g_pids, g_camids,

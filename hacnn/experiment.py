@@ -26,8 +26,10 @@ from .model import HACNN
 from .training import LAST, RUN_JSON, Trainer, make_evaluator, prepare_run_folder, resolve_device, \
     seed_everything
 
-DATASET_NAMES = ("synthetic", "market1501", "dukemtmcreid", "cuhk03-labeled", "cuhk03-detected")
-# Evaluation protocol per dataset (hacnn.evaluation): CUHK03 uses the 767/700 split.
+DATASET_NAMES = ("synthetic", "market1501", "dukemtmcreid", "cuhk03-labeled", "cuhk03-detected",
+                 "cuhk03-pair", "msmt17", "folder")
+# Evaluation protocol per dataset (hacnn.evaluation): CUHK03 uses the 767/700 split; a reader's
+# own ``protocol`` attribute (a folder without cameras: "nocam") comes first.
 PROTOCOLS = {"cuhk03-labeled": "cuhk03", "cuhk03-detected": "cuhk03"}
 # The quick preset: the small synthetic benchmark (100 training ids, ~1,000 images),
 # 4 epochs of ~31 batches, evaluated after epochs 2 and 4: ~2.5 min on 2 CPU cores.
@@ -80,6 +82,11 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *,
     return build_dataset(name, root, **kwargs)
 
 
+def protocol_of(name: str, data) -> str:
+    """The evaluation protocol of dataset ``name`` as read (``data``)."""
+    return getattr(data, "protocol", None) or PROTOCOLS.get(name, "market")
+
+
 def _test_loaders(dataset, config: HACNNConfig, batch_size: int, workers: int | None):
     from .data import build_test_loaders
 
@@ -92,7 +99,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
                    quick: bool = False, resume: bool = False, force: bool = False,
                    model: HACNNConfig | dict | None = None, device: str | torch.device | None = None,
                    progress: bool = True, verbose: bool | None = None, test_batch_size: int = 128,
-                   **train) -> RunResult:
+                   dataset_options: dict | None = None, **train) -> RunResult:
     """Train HA-CNN on ``dataset`` into ``out_dir`` and return its history and metrics.
 
     ``train`` keywords are :class:`TrainConfig` fields (``epochs``, ``lr``,
@@ -103,7 +110,8 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     (fp32 is ``amp="none"``; ``amp=None`` leaves the default, ``"auto"``).
     ``resume`` continues ``out_dir/last.pth`` with the saved settings
     (dataset, model, training; only ``epochs`` may be raised); ``force``
-    overwrites a previous run in ``out_dir``.
+    overwrites a previous run in ``out_dir``. ``dataset_options`` are reader
+    keywords (e.g. ``pattern``, ``test_ids`` for ``"folder"``), kept in run.json.
     """
     from .data import build_train_loader
 
@@ -118,6 +126,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
         dataset = saved.get("dataset", dataset)
         root = saved.get("root", root) if root is None else root
         synthetic_size = saved.get("synthetic_size", synthetic_size)
+        dataset_options = saved.get("dataset_options", dataset_options)
         model_cfg = HACNNConfig.from_dict(ckpt["config"])
         train_cfg = TrainConfig.from_dict(ckpt["train"]["config"])
         if train.get("epochs"):
@@ -129,21 +138,22 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
         train_cfg = TrainConfig(**{k: v for k, v in train.items() if v is not None})
         model_cfg = model if isinstance(model, HACNNConfig) else HACNNConfig(**(model or {}))
     seed_everything(train_cfg.seed, train_cfg.deterministic)
-    data = load_dataset(dataset, root, synthetic_size=synthetic_size)
+    data = load_dataset(dataset, root, synthetic_size=synthetic_size, **(dataset_options or {}))
     net = HACNN(data.num_train_pids, config=model_cfg)
     h, w = net.config.input_size
     train_loader = build_train_loader(data, train_cfg.batch_size, train_cfg.num_instances, height=h,
                                       width=w, workers=train_cfg.workers, seed=train_cfg.seed)
     query, gallery = _test_loaders(data, net.config, test_batch_size, train_cfg.workers)
     out = prepare_run_folder(out, resume=resume, force=force)
-    evaluator = make_evaluator(query, gallery, device=device, protocol=PROTOCOLS.get(dataset, "market"))
+    evaluator = make_evaluator(query, gallery, device=device, protocol=protocol_of(dataset, data))
     trainer = Trainer(net, train_loader, train_cfg, out, evaluator=evaluator, device=device,
                       progress=progress, verbose=verbose, overwrite=force)
     if ckpt is not None:
         trainer.resume(ckpt)
     else:
         info = {"dataset": dataset, "root": None if root is None else str(root),
-                "synthetic_size": synthetic_size, "num_train_pids": data.num_train_pids}
+                "synthetic_size": synthetic_size, "num_train_pids": data.num_train_pids,
+                **({"dataset_options": dataset_options} if dataset_options else {})}
         (out / RUN_JSON).write_text(json.dumps(info, indent=1) + "\n")
     history = trainer.fit()
     evaluated = [r for r in history if "mAP" in r and r["mAP"] is not None]
@@ -155,19 +165,21 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
 def evaluate_checkpoint(weights: str | os.PathLike, dataset: str = "synthetic", *,
                         root: str | os.PathLike | None = None, synthetic_size: str | None = None,
                         rerank: bool = False, flip: bool = False, device=None,
-                        batch_size: int = 128, workers: int | None = None, progress: bool = True):
+                        batch_size: int = 128, workers: int | None = None, progress: bool = True,
+                        dataset_options: dict | None = None):
     """Evaluate a checkpoint (hacnn or torchreid) on ``dataset``'s query/gallery split.
 
-    Returns a :class:`hacnn.evaluation.RankResult`.
+    Returns a :class:`hacnn.evaluation.RankResult` (``num_skipped_queries``:
+    queries without a true match, left out of every metric).
     """
     from .evaluation import evaluate_model
 
     device = resolve_device(device)
     model = load_model(weights).to(device).eval()
-    data = load_dataset(dataset, root, synthetic_size=synthetic_size)
+    data = load_dataset(dataset, root, synthetic_size=synthetic_size, **(dataset_options or {}))
     query, gallery = _test_loaders(data, model.config, batch_size, workers)
     return evaluate_model(model, query, gallery, rerank=rerank, flip=flip, device=device,
-                          protocol=PROTOCOLS.get(dataset, "market"), progress=progress)
+                          protocol=protocol_of(dataset, data), progress=progress)
 
 
 def format_result(result, title: str = "") -> str:

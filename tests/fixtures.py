@@ -225,3 +225,37 @@ def make_cuhk03(root: Path, subdir: str = "cuhk03", raw: bool = True,
     for kind in configs:
         write_cuhk03_config(dataset_dir / f"cuhk03_new_protocol_config_{kind}.mat", kind)
     return dataset_dir
+
+
+# MSMT17: list file -> [(pid, camera 1-15)]; train/val images lie under the release's train
+# folder, query/gallery under its test folder (train and test pids are different people).
+MSMT17_SPEC: dict[str, list[tuple[int, int]]] = {
+    "list_train.txt": [(0, 1), (0, 3), (2, 15), (2, 15), (7, 4)],
+    "list_val.txt": [(0, 2), (5, 9)],
+    "list_query.txt": [(0, 1), (3, 2)],
+    "list_gallery.txt": [(0, 5), (3, 2), (3, 12), (11, 1)],
+}
+MSMT17_FOLDERS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
+
+
+def msmt17_name(pid: int, cam: int, frame: int) -> str:
+    """``PPPP/PPPP_SSS_CC_0303morning_FFFF_N.jpg`` (the release's relative path)."""
+    return f"{pid:04d}/{pid:04d}_{frame % 7:03d}_{cam:02d}_0303morning_{frame:04d}_0.jpg"
+
+
+def make_msmt17(root: Path, version: str = "MSMT17_V1",
+                spec: dict[str, list[tuple[int, int]]] = MSMT17_SPEC) -> Path:
+    """An MSMT17 release (V1 or V2 folder names) under ``root/version`` from ``spec``."""
+    dataset_dir = root / version
+    train_dir, test_dir = MSMT17_FOLDERS[version]
+    frames = itertools.count(100)
+    for list_name, entries in spec.items():
+        folder = dataset_dir / (test_dir if list_name in ("list_query.txt", "list_gallery.txt")
+                                else train_dir)
+        lines = []
+        for pid, cam in entries:
+            frame = next(frames)
+            write_image(folder / msmt17_name(pid, cam, frame), _color(frame))
+            lines.append(f"{msmt17_name(pid, cam, frame)} {pid}")
+        (dataset_dir / list_name).write_text("\n".join(lines) + "\n")
+    return dataset_dir

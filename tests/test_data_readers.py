@@ -342,7 +342,7 @@ def test_cuhk03_config_in_release_folder(tmp_path):
 
 def test_registry_names():
     assert set(DATASETS) == {"synthetic", "market1501", "dukemtmcreid", "cuhk03-labeled",
-                             "cuhk03-detected"}
+                             "cuhk03-detected", "cuhk03-pair", "msmt17", "folder"}
     with pytest.raises(KeyError, match="unknown dataset 'viper'"):
         build_dataset("viper", ".")
 

@@ -17,10 +17,13 @@ from functools import partial
 from .base import (DATA_ENV, DatasetCountError, DatasetCountWarning, DatasetLayoutError, Item,
                    ReIDDataset, resolve_root)
 from .cuhk03 import CUHK03
+from .cuhk03_pair import CUHK03Pair
 from .dukemtmcreid import DukeMTMCreID
+from .folder import ImageFolderReID, UnmatchedQueryWarning
 from .loading import (ImageDataset, ImageReadError, build_test_loaders, build_train_loader,
                       default_workers, read_image)
 from .market1501 import Market1501
+from .msmt17 import MSMT17
 from .sampler import RandomIdentitySampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
@@ -42,6 +45,9 @@ DATASETS: dict[str, Callable[..., ReIDDataset]] = {
     "dukemtmcreid": DukeMTMCreID,
     "cuhk03-labeled": partial(CUHK03, labeled=True),
     "cuhk03-detected": partial(CUHK03, labeled=False),
+    "cuhk03-pair": CUHK03Pair,
+    "msmt17": MSMT17,
+    "folder": ImageFolderReID,
 }
 
 
@@ -50,7 +56,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, **kwargs) ->
 
     ``root`` defaults to the ``HACNN_DATA`` environment variable; keyword
     arguments go to the reader (e.g. ``multi_query=True`` for Market-1501,
-    ``split="classic", split_id=3`` for CUHK03, ``strict=True``).
+    ``split="classic", split_id=3`` for CUHK03, ``merge_val=True`` for MSMT17,
+    ``pattern=..., test_ids=0.3`` for ``"folder"``, ``strict=True``).
     """
     key = name.lower()
     if key not in DATASETS:
@@ -61,7 +68,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, **kwargs) ->
 __all__ = [
     "Item", "ReIDDataset", "DatasetLayoutError", "DatasetCountError", "DatasetCountWarning",
     "DATA_ENV", "resolve_root",
-    "Market1501", "DukeMTMCreID", "CUHK03",
+    "Market1501", "DukeMTMCreID", "CUHK03", "CUHK03Pair", "MSMT17", "ImageFolderReID",
+    "UnmatchedQueryWarning",
     "DATASETS", "build_dataset",
     "build_transforms", "IMAGENET_MEAN", "IMAGENET_STD", "RandomIdentitySampler",
     "ImageDataset", "ImageReadError", "read_image", "build_train_loader",

@@ -159,10 +159,12 @@ class ReIDDataset:
 
     - ``official_counts``: published split sizes (keys of ``COUNT_KEYS``), or
       ``None`` for a benchmark without official sizes (the synthetic one);
-      override ``expected_counts`` when they depend on the options.
+      override ``expected_counts`` when they depend on the options;
+    - ``distractor_pid``: the gallery's distractor id (Market's 0), or ``None``.
     """
 
     official_counts: ClassVar[Mapping[str, int] | None] = None
+    distractor_pid: ClassVar[int | None] = DISTRACTOR_PID  # None: pid 0 is a person (MSMT17)
 
     def __init__(self, train: Sequence[Item], query: Sequence[Item], gallery: Sequence[Item],
                  *, strict: bool = False, location: str | os.PathLike = "") -> None:
@@ -230,7 +232,7 @@ class ReIDDataset:
                  row("train", self.train), row("query", self.query),
                  row("gallery", self.gallery), rule]
         junk = sum(pid == JUNK_PID for _, pid, _ in self.gallery)
-        distractors = sum(pid == DISTRACTOR_PID for _, pid, _ in self.gallery)
+        distractors = sum(pid == self.distractor_pid for _, pid, _ in self.gallery)
         if junk or distractors:
             lines.append(f"  gallery holds {distractors} distractor (0) "
                          f"and {junk} junk (-1) images")
