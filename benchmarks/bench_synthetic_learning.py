@@ -27,11 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, set_threads  # noqa: E402
 
+from hacnn import bands  # noqa: E402
 from hacnn.data.synthetic import Synthetic, default_root, generate_synthetic  # noqa: E402
 from hacnn.data.synthetic_plan import SyntheticConfig  # noqa: E402
 from hacnn.experiment import QUICK_DATA, QUICK_TRAIN, VARIANTS  # noqa: E402
@@ -41,38 +40,8 @@ DEFAULT_MISALIGNMENT = SyntheticConfig.misalignment
 
 
 def chance_level(data) -> tuple[float, float]:
-    """Expected Rank-1 and mAP of a uniformly random ranking (Market protocol).
-
-    Per query the valid gallery excludes junk (pid -1) and the same
-    identity seen by the same camera; with m true matches among n valid
-    items, P(rank 1 is a match) = m / n, and the expected average precision
-    is computed exactly by :func:`_expected_ap` (cost ~ m * n per query:
-    meant for small test sets such as ``tiny``).
-    """
-    g_pid = np.array([pid for _, pid, _ in data.gallery])
-    g_cam = np.array([cam for _, _, cam in data.gallery])
-    r1, ap = [], []
-    for _, pid, cam in data.query:
-        valid = (g_pid != -1) & ~((g_pid == pid) & (g_cam == cam))
-        n = int(valid.sum())
-        m = int((valid & (g_pid == pid)).sum())
-        if m == 0:
-            continue                      # not a valid query: the protocol skips it
-        r1.append(m / n)
-        ap.append(_expected_ap(m, n))
-    return float(np.mean(r1)), float(np.mean(ap))
-
-
-def _expected_ap(m: int, n: int) -> float:
-    """E[AP] for m relevant among n randomly ordered items: (1/m) sum_j E[j / R_j].
-
-    R_j (rank of the j-th relevant item) has P(R_j = r) = C(r-1, j-1) C(n-r, m-j) / C(n, m).
-    """
-    from math import comb
-
-    total = comb(n, m)
-    return sum(j / r * comb(r - 1, j - 1) * comb(n - r, m - j) / total
-               for j in range(1, m + 1) for r in range(j, n - m + j + 1)) / m
+    """Expected Rank-1 and mAP of a uniformly random ranking (exact; :func:`hacnn.bands.chance_level`)."""
+    return bands.chance_level(data.query, data.gallery)
 
 
 def benchmark_root(misalignment: float) -> Path:

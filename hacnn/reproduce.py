@@ -11,11 +11,16 @@ the notebook and the cell and exits non-zero.
 
 :func:`cached_run` is the content-addressed run cache the notebooks share:
 a finished run with the same full configuration (data, model, training,
-device type) is loaded instead of retrained, so notebooks 06, 07 and 08 train
-the quick model once. Training is deterministic on a CPU, so a cache hit gives
-the numbers a fresh run would. The key covers the configuration, not the
-code: after changing the model, training or data code, delete ``runs/cache``
-(or point ``HACNN_RUN_CACHE`` elsewhere) so that the notebooks retrain.
+device) and the same kernel path (:func:`hacnn.reproducibility.kernel_path`:
+torch version, CPU model and instruction set, oneDNN's ISA limit, thread
+count) is loaded instead of retrained, so notebooks 06, 07 and 08 train the
+quick model once. Training is deterministic for one kernel path, so a cache
+hit gives the numbers a fresh run would; a run made under another kernel
+path (another machine sharing the cache, ``ONEDNN_MAX_CPU_ISA=AVX2``, another
+thread count) is never handed out as this one's. The key covers the
+configuration, not the code: after changing the model, training or data
+code, delete ``runs/cache`` (or point ``HACNN_RUN_CACHE`` elsewhere) so that
+the notebooks retrain.
 """
 from __future__ import annotations
 
@@ -77,7 +82,7 @@ class CachedRun:
 def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | None = None,
                quick: bool = False, model: dict | None = None, device: str = "cpu",
                **train) -> dict:
-    """The full, resolved configuration of a run (the cache key's content).
+    """The full, resolved configuration of a run and its kernel path (the cache key's content).
 
     Resolves the quick preset and the recipe's defaults (``TrainConfig``) and
     the model's (``HACNNConfig``); for the synthetic benchmark the data are
@@ -88,6 +93,7 @@ def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
 
     from .config import HACNNConfig, TrainConfig
     from .experiment import QUICK_DATA, QUICK_TRAIN
+    from .reproducibility import kernel_path
     from .training import resolve_amp
 
     train = {k: v for k, v in train.items() if v is not None}
@@ -114,7 +120,7 @@ def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
 
         data["root"] = str(resolve_root(root))
     return {"data": data, "synthetic_size": synthetic_size, "model": model_cfg, "train": train_cfg,
-            "device": torch.device(device).type}
+            "device": torch.device(device).type, "kernel": kernel_path(device)}
 
 
 def config_hash(config: dict) -> str:

@@ -1,12 +1,22 @@
-"""Reproducibility: seeding, and RNG / data-loader states that survive ``weights_only`` loading.
+"""Reproducibility: seeding, the kernel path, and RNG / data-loader states that survive ``weights_only`` loading.
 
-A checkpoint stores these so that a resumed run draws exactly the random
+A checkpoint stores the states so that a resumed run draws exactly the random
 numbers the uninterrupted run would have drawn (``hacnn.training``). Every
 state is kept as tensors and plain Python values, since checkpoints load
 with ``torch.load(..., weights_only=True)``.
+
+What is reproducible how (measured: ``benchmarks/bench_kernel_spread.py``):
+the same seed on the same *kernel path* (:func:`kernel_path`: torch version,
+CPU model and instruction set, oneDNN's ISA limit, thread count; on CUDA the
+card and CUDA version) gives the same numbers bit for bit, reruns and
+``--resume`` included. Another kernel path rounds float sums in another
+order, the run follows another trajectory, and its numbers agree only within
+a band (``hacnn.bands``).
 """
 from __future__ import annotations
 
+import os
+import platform
 import random
 
 import numpy as np
@@ -23,6 +33,34 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def kernel_path(device: str | torch.device = "cpu") -> dict:
+    """What decides the float rounding of a run besides its settings (a run-cache key part).
+
+    CPU: torch version, CPU model, ATen's vector ISA (``ATEN_CPU_CAPABILITY``
+    can lower it), oneDNN's ISA limit (``ONEDNN_MAX_CPU_ISA``) and the number
+    of intra-op threads (each thread sums its own share). CUDA: torch and
+    CUDA versions and the card's name.
+    """
+    device = torch.device(device)
+    path = {"torch": torch.__version__, "device": device.type}
+    if device.type == "cuda":
+        path.update(cuda=torch.version.cuda,
+                    card=torch.cuda.get_device_name(device) if torch.cuda.is_available() else None)
+    else:
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+        path.update(cpu=_cpu_model(), aten_isa=torch.backends.cpu.get_cpu_capability(),
+                    onednn_max_isa=isa.upper() if isa else None, threads=torch.get_num_threads())
+    return path
 
 
 def get_rng_state() -> dict:

@@ -103,6 +103,32 @@ def test_run_config_keys_the_precision_the_device_will_run(monkeypatch, native):
         config_hash(run_config("synthetic", epochs=2, amp="none"))
 
 
+def test_run_cache_key_separates_kernel_paths(monkeypatch):
+    """A run made under another oneDNN ISA limit, ATen ISA or thread count is another cache entry."""
+    import torch
+
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(var, raising=False)
+    base = run_config("synthetic", quick=True)
+    assert base["kernel"]["onednn_max_isa"] is None and base["kernel"]["threads"] == torch.get_num_threads()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    avx2 = run_config("synthetic", quick=True)
+    assert avx2["kernel"]["onednn_max_isa"] == "AVX2" and config_hash(avx2) != config_hash(base)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert config_hash(run_config("synthetic", quick=True)) != config_hash(base)
+    monkeypatch.undo()
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(var, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert config_hash(run_config("synthetic", quick=True)) != config_hash(base)
+    finally:
+        torch.set_num_threads(threads)
+    assert config_hash(run_config("synthetic", quick=True)) == config_hash(base)
+
+
 def test_cached_run_loads_a_finished_run_without_training(tmp_path, monkeypatch):
     import hacnn.experiment
 
