@@ -47,9 +47,8 @@ def rank(query_features, gallery, k: int = 10, *, metric: str = "euclidean", rer
             raise ValueError("rerank: re-ranking needs the gallery feature matrix, not an index")
         d, i = gallery.search(np.asarray(query_features, dtype=np.float32), k)
         return np.asarray(d), np.asarray(i)
-    qf = torch.as_tensor(np.asarray(query_features))
-    gf = torch.as_tensor(np.asarray(gallery))
-    dist = compute_distance_matrix(qf, gf, metric)                    # (Q, G)
+    qf, gf = query_features, gallery                                  # numpy or torch, checked there
+    dist = compute_distance_matrix(qf, gf, metric).cpu()              # (Q, G)
     if rerank:
         from .reranking import re_ranking
 
