@@ -1,4 +1,4 @@
-"""Command line: ``python -m hacnn {train,evaluate,convert,synth,reproduce} ...``.
+"""Command line: ``python -m hacnn {train,evaluate,convert,synth,extract,search,export,reproduce} ...``.
 
 Examples::
 
@@ -10,6 +10,9 @@ Examples::
     python -m hacnn train --out runs/market --resume
     python -m hacnn evaluate --weights runs/market/best.pth --dataset market1501 --flip
     python -m hacnn convert --from-torchreid hacnn_market.pth.tar --out hacnn_market.pth
+    python -m hacnn extract --weights best.pth --images gallery/ --out gallery.npz
+    python -m hacnn search --weights best.pth --query q.jpg --gallery gallery.npz --out ranked/
+    python -m hacnn export --weights best.pth --out hacnn.onnx
 """
 from __future__ import annotations
 
@@ -236,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_arguments(p)
     p.set_defaults(func=run_synth)
 
+    from .export import add_export_arguments
+    from .features import add_extract_arguments
+    from .search import add_search_arguments
+    for name, add, short, long in (
+            ("extract", add_extract_arguments, "features of a folder of images into an .npz",
+             "Extract the features of every image under --images (recursive, sorted) into --out "
+             "(.npz: paths, features, pids/camids where the names carry them). Resumable; never a "
+             "partial file."),
+            ("search", add_search_arguments, "rank a gallery for query images",
+             "Rank a gallery (a folder, or an .npz from extract) for each --query image: a CSV of "
+             "the top-k and one figure per query."),
+            ("export", add_export_arguments, "export the feature graph to ONNX",
+             "Export the eval feature graph (fp32, optimised, dynamic batch axis) to ONNX with the "
+             "TorchScript exporter (--dynamo: torch.export-based).")):
+        add(sub.add_parser(name, help=short, description=long))
+
     p = sub.add_parser("reproduce", help="run the notebook sequence, gather the results table",
                        description="Run notebooks/00-09 with papermill (quick=False unless --quick) "
                        "into --out, refresh figures/, and write the results table (paper vs ours) "
@@ -256,13 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
-    from .data import DatasetLayoutError
+    from .data import DatasetLayoutError, ImageReadError
     from .training import NonFiniteLossError
 
     try:
         return args.func(args)
     except (FileExistsError, FileNotFoundError, CheckpointError, DatasetLayoutError,
-            NonFiniteLossError, ValueError) as e:
+            NonFiniteLossError, ValueError, ImageReadError, ModuleNotFoundError) as e:
         print(f"hacnn {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -8,9 +8,11 @@ mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,6 +40,27 @@ def atomic_save(obj, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temp file beside ``path`` to write; fsynced and renamed over ``path`` when the
+    block succeeds, removed when it fails (so ``path`` is never partial). The file
+    gets the permissions a plain ``open`` would give (0666 less the umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def safe_load(path: str | Path, map_location="cpu"):
@@ -116,6 +139,9 @@ def load_model(path: str | Path, num_classes: int | None = None, **overrides):
     sd, cfg = model_state(safe_load(path))
     config = HACNNConfig.from_dict(cfg) if cfg else HACNNConfig()
     n_ckpt = int(sd["classifier_global.weight"].shape[0]) if "classifier_global.weight" in sd else None
+    if n_ckpt is not None and cfg and cfg.get("num_classes", n_ckpt) != n_ckpt:
+        raise CheckpointError(f"{path} disagrees with itself: its config says num_classes="
+                              f"{cfg['num_classes']}, its classifier has {n_ckpt} identities")
     model = HACNN(n_ckpt or num_classes, config=config, **overrides)
     if num_classes is not None and n_ckpt is not None and num_classes != n_ckpt:
         # Different identities: keep the backbone, start new classifiers.

@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .features import extract_features, inference_net  # extract_features: re-exported (hacnn.features)
 from .reranking import re_ranking
 
 __all__ = ["RankResult", "compute_distance_matrix", "evaluate", "evaluate_features",
@@ -399,55 +399,6 @@ def multi_query_pool(features, pids, camids, method: str = "mean"):
 
 # ----------------------------------------------------------------------------- model evaluation
 
-@torch.inference_mode()
-def extract_features(model, loader, device=None, flip: bool = False, amp: bool | None = None,
-                     progress: bool = True, normalize: bool = False, optimize: bool = True):
-    """Run ``model`` (eval mode) over ``loader`` batches ``(images, pids, camids, paths)``.
-
-    Returns (features (N, D) float32 CPU tensor, pids (N,), camids (N,) numpy).
-    ``flip`` averages the features of each image and its horizontal mirror;
-    ``normalize`` L2-normalises the final features; ``amp`` (default: on CUDA
-    only) runs the model under autocast. ``optimize`` (default) runs an
-    :class:`~hacnn.HACNN` through :func:`hacnn.inference.optimize_for_inference`
-    (a copy: folded batch norms, fused convolutions, channels_last; the same
-    features to float32 rounding, ~1.5x faster on CPU); other models run as given.
-    """
-    device = torch.device(device or next((p.device for p in model.parameters()), "cpu"))
-    amp = device.type == "cuda" if amp is None else amp
-    was_training, feats, pids, camids = model.training, [], [], []
-    model.eval()
-    net, layout = _inference_net(model, optimize)
-    try:
-        for images, pid, camid, _ in tqdm(loader, desc="features", disable=not progress):
-            x = images.to(device, non_blocking=True, memory_format=layout)   # (B, 3, H, W)
-            with torch.autocast(device.type, enabled=amp):
-                f = net(x).float()                                    # (B, D)
-                if flip:
-                    f = (f + net(x.flip(-1)).float()) / 2
-            if f.dim() != 2 or len(f) != len(x):
-                _fail("model output", f"a ({len(x)}, D) feature matrix", f"shape {tuple(f.shape)}")
-            feats.append(f.cpu()), pids.append(torch.as_tensor(pid)), camids.append(torch.as_tensor(camid))
-    finally:
-        model.train(was_training)
-    if not feats:
-        _fail("loader", "at least one batch", "an empty loader")
-    features = F.normalize(torch.cat(feats), dim=1) if normalize else torch.cat(feats)
-    return features, torch.cat(pids).numpy(), torch.cat(camids).numpy()
-
-
-def _inference_net(model, optimize: bool):
-    """(model to run, input memory format): an HACNN optimised once, anything else as given."""
-    from .blocks import ConvBlock
-    from .inference import optimize_for_inference
-    from .model import HACNN
-
-    if not (optimize and isinstance(model, HACNN)):
-        return model, torch.contiguous_format
-    if any(isinstance(m, ConvBlock) for m in model.modules()):      # not optimised yet
-        model = optimize_for_inference(model)
-    return model, torch.channels_last
-
-
 def evaluate_model(model, query_loader, gallery_loader, *, metric: str = "euclidean",
                    rerank: bool = False, flip: bool = False, protocol: str = "market",
                    multi_query: str | None = None, max_rank: int = 50, normalize: bool = False,
@@ -459,7 +410,7 @@ def evaluate_model(model, query_loader, gallery_loader, *, metric: str = "euclid
     ``multi_query`` ("mean" / "max") pools query features per (pid, camid);
     ``rerank`` applies k-reciprocal re-ranking (``hacnn.reranking``) with k1, k2, lambda.
     """
-    net, _ = _inference_net(model, optimize)                          # one optimised copy for both
+    net, _ = inference_net(model, optimize)                           # one optimised copy for both
     extract = dict(device=device, flip=flip, amp=amp, progress=progress, normalize=normalize,
                    optimize=optimize)
     qf, q_pids, q_camids = extract_features(net, query_loader, **extract)

@@ -222,10 +222,13 @@ def plot_ranked_list(query_path, gallery_paths, matches, topk: int = 10, path=No
 
     ``query_path``/``gallery_paths`` are file paths or images (arrays/tensors),
     ``gallery_paths`` already sorted by distance; ``matches`` a boolean per
-    gallery item. Returns the Figure.
+    gallery item, or None where identities are unknown (black frames). Returns the Figure.
     """
     gallery_paths = list(gallery_paths)[:topk]
-    matches = [bool(m) for m in as_numpy(matches).reshape(-1)[: len(gallery_paths)]]
+    if matches is None:
+        matches = [None] * len(gallery_paths)
+    else:
+        matches = [bool(m) for m in as_numpy(matches).reshape(-1)[: len(gallery_paths)]]
     if len(matches) != len(gallery_paths):
         raise ValueError(f"need one match flag per gallery image ({len(gallery_paths)}), got {len(matches)}")
     n = len(gallery_paths) + 1

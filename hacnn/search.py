@@ -1,0 +1,192 @@
+"""Search a gallery for query images: ranked lists, a CSV and one figure per query.
+
+``python -m hacnn search --weights W --query IMG [IMG ...] --gallery DIR|feats.npz``
+is :func:`search_gallery`. The ranking itself is :func:`rank`, which takes the
+gallery as a (G, D) feature matrix or as any object with a
+``search(queries, k) -> (distances, indices)`` method (a nearest-neighbour
+index), so an index can stand in for the brute-force matrix. Distances are
+those of :func:`hacnn.evaluation.compute_distance_matrix` (``"euclidean"``:
+squared, as in evaluation); ties keep the gallery order. ``rerank=True``
+applies k-reciprocal re-ranking (:mod:`hacnn.reranking`, Zhong et al. 2017)
+over the whole gallery matrix.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_path
+from .evaluation import compute_distance_matrix
+from .features import FolderFeatures, extract_folder, extract_images, load_features, model_digest
+
+__all__ = ["rank", "search_gallery", "SearchResult", "CSV_NAME", "CSV_COLUMNS", "add_search_arguments"]
+
+CSV_NAME = "ranking.csv"
+CSV_COLUMNS = ("query", "rank", "gallery", "distance", "query_pid", "gallery_pid")
+
+
+def rank(query_features, gallery, k: int = 10, *, metric: str = "euclidean", rerank: bool = False,
+         k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest gallery items of each query: ``(distances (Q, k), indices (Q, k))``.
+
+    ``gallery``: a (G, D) matrix (numpy or torch), or an object with
+    ``search(queries, k)`` (then ``metric`` and ``rerank`` are the index's
+    business: ``rerank`` needs the matrix). ``k`` is capped at G.
+    """
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k: expected a positive int, received {k!r}")
+    if hasattr(gallery, "search") and not isinstance(gallery, (np.ndarray, torch.Tensor)):
+        if rerank:
+            raise ValueError("rerank: re-ranking needs the gallery feature matrix, not an index")
+        d, i = gallery.search(np.asarray(query_features, dtype=np.float32), k)
+        return np.asarray(d), np.asarray(i)
+    qf, gf = query_features, gallery                                  # numpy or torch, checked there
+    dist = compute_distance_matrix(qf, gf, metric).cpu()              # (Q, G)
+    if rerank:
+        from .reranking import re_ranking
+
+        dist = re_ranking(dist, compute_distance_matrix(qf, qf, metric),
+                          compute_distance_matrix(gf, gf, metric), k1=k1, k2=k2, lambda_value=lambda_value)
+    k = min(int(k), dist.shape[1])
+    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]      # (Q, k), ties: gallery order
+    return dist.gather(1, order).numpy(), order.numpy()
+
+
+@dataclass
+class SearchResult:
+    """Ranked lists of :func:`search_gallery` (rows of the CSV) and the files written."""
+
+    queries: FolderFeatures
+    gallery: FolderFeatures
+    distances: np.ndarray            # (Q, k)
+    indices: np.ndarray              # (Q, k) rows of gallery
+    csv_path: Path | None = None
+    figures: tuple[Path, ...] = ()
+
+    def rows(self) -> list[dict]:
+        q, g = self.queries, self.gallery
+        pid = lambda f, i: int(f.pids[i]) if f.has_id[i] else ""     # noqa: E731
+        return [{"query": q.paths[a], "rank": r + 1, "gallery": g.paths[b],
+                 "distance": f"{self.distances[a, r]:.6g}", "query_pid": pid(q, a), "gallery_pid": pid(g, b)}
+                for a in range(len(q.paths)) for r, b in enumerate(self.indices[a])]
+
+
+def _gallery(model, gallery, **extract) -> FolderFeatures:
+    """A gallery ``.npz`` (checked against the model) or a folder extracted now."""
+    if isinstance(gallery, FolderFeatures):
+        g = gallery
+    elif Path(gallery).is_dir():
+        return extract_folder(model, gallery, **extract)
+    else:
+        g = load_features(gallery, feature_dim=model.feature_dim)
+    if g.features.shape[1] != model.feature_dim:
+        raise ValueError(f"gallery holds {g.features.shape[1]}-d features, the model gives "
+                         f"{model.feature_dim}-d ones")
+    if g.digest and g.digest != model_digest(model):
+        warnings.warn("the gallery features were extracted with other weights than these; "
+                      "their distances to the queries mean little", RuntimeWarning, stacklevel=3)
+    return g
+
+
+def search_gallery(weights, queries, gallery, out=None, *, topk: int = 10, metric: str = "euclidean",
+                   rerank: bool = False, gallery_root=None, figures: bool = True, force: bool = False,
+                   batch_size: int = 64, device=None, precision: str = "auto", flip: bool = False,
+                   progress: bool = True) -> SearchResult:
+    """Rank ``gallery`` (a folder, an ``extract`` ``.npz`` or :class:`FolderFeatures`) for each query image.
+
+    Writes ``out/ranking.csv`` (columns :data:`CSV_COLUMNS`; pids empty where a
+    file name carries none) and ``out/query-NNN-<name>.png`` per query
+    (:func:`hacnn.viz.plot_ranked_list`; green/red frames where both ids are
+    known). Queries are extracted in the gallery's precision. ``gallery_root``
+    overrides the image folder an ``.npz`` recorded (for the figures).
+    An existing ``ranking.csv`` in ``out`` is kept unless ``force``.
+    """
+    from .checkpoint import load_model
+
+    out = None if out is None else Path(out)
+    if out is not None and (out / CSV_NAME).exists() and not force:
+        raise FileExistsError(f"{out / CSV_NAME} exists; pass --force to overwrite it")
+    queries = [Path(q) for q in ([queries] if isinstance(queries, (str, os.PathLike)) else queries)]
+    missing = [str(q) for q in queries if not q.is_file()]
+    if not queries or missing:
+        raise FileNotFoundError(f"query images not found: {', '.join(missing)}" if missing
+                                else "no query image given")
+    model = weights if isinstance(weights, torch.nn.Module) else load_model(weights)
+    extract = dict(batch_size=batch_size, device=device, flip=flip, progress=progress)
+    g = _gallery(model, gallery, precision=precision, **extract)
+    q = extract_images(model, queries, precision=g.precision, **extract)
+    d, i = rank(q.features, g.features, topk, metric=metric, rerank=rerank)
+    result = SearchResult(q, g, d, i)
+    if out is None:
+        return result
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader(), writer.writerows(result.rows())
+    with atomic_path(out / CSV_NAME) as tmp:
+        tmp.write_text(buf.getvalue())
+    result.csv_path = out / CSV_NAME
+    if figures:
+        result.figures = _figures(result, out, Path(gallery_root or g.root))
+    return result
+
+
+def _figures(r: SearchResult, out: Path, root: Path) -> tuple[Path, ...]:
+    import matplotlib.pyplot as plt
+
+    from .viz import plot_ranked_list
+
+    q, g, paths = r.queries, r.gallery, []
+    for a, name in enumerate(q.paths):
+        files = [root / g.paths[b] for b in r.indices[a]]
+        lost = [str(f) for f in files if not f.is_file()]
+        if lost:
+            raise FileNotFoundError(f"gallery image {lost[0]} not found (the CSV is written); "
+                                    f"pass the gallery's image folder as --gallery-root")
+        known = q.has_id[a] and all(g.has_id[b] for b in r.indices[a])
+        matches = [g.pids[b] == q.pids[a] for b in r.indices[a]] if known else None
+        titles = [f"{k + 1}: {r.distances[a, k]:.3f}" for k in range(len(files))]
+        path = out / f"query-{a:03d}-{Path(name).stem}.png"
+        fig = plot_ranked_list(name, files, matches, topk=len(files), path=path,
+                               query_title=Path(name).name[:14], gallery_titles=titles)
+        plt.close(fig)
+        paths.append(path)
+    return tuple(paths)
+
+
+def add_search_arguments(p) -> None:
+    """``python -m hacnn search`` options."""
+    p.add_argument("--weights", type=Path, required=True, help="hacnn or torchreid checkpoint")
+    p.add_argument("--query", type=Path, nargs="+", required=True, metavar="IMG", help="query image(s)")
+    p.add_argument("--gallery", type=Path, required=True, metavar="DIR|NPZ",
+                   help="folder of gallery images, or the .npz that `python -m hacnn extract` wrote")
+    p.add_argument("--out", type=Path, required=True, help=f"folder for {CSV_NAME} and one figure per query")
+    p.add_argument("--topk", type=int, default=10, help="gallery items per query (default: 10)")
+    p.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean",
+                   help="squared euclidean (default, as in evaluation) or cosine distance")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking over the whole gallery")
+    p.add_argument("--gallery-root", type=Path, default=None,
+                   help="image folder of an .npz gallery, if it moved (default: the one it recorded)")
+    p.add_argument("--no-figures", action="store_true", help="only the CSV")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--force", action="store_true", help=f"overwrite {CSV_NAME} and the figures in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_search)
+
+
+def run_search(args) -> int:
+    r = search_gallery(args.weights, args.query, args.gallery, args.out, topk=args.topk, metric=args.metric,
+                       rerank=args.rerank, gallery_root=args.gallery_root, figures=not args.no_figures,
+                       force=args.force, batch_size=args.batch_size, device=args.device,
+                       progress=not args.no_progress)
+    print(f"wrote {r.csv_path} ({len(r.queries.paths)} queries x top {r.indices.shape[1]} of "
+          f"{len(r.gallery.paths)}) and {len(r.figures)} figures to {args.out}")
+    return 0

@@ -1,0 +1,272 @@
+"""hacnn.features (folder extraction) and hacnn.search: against extract_features and brute force."""
+import csv
+import re
+import warnings
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hacnn import HACNN, features
+from hacnn.__main__ import main
+from hacnn.checkpoint import atomic_save
+from hacnn.data import ImageDataset, ImageReadError, build_transforms
+from hacnn.data.base import DatasetLayoutError
+from hacnn.evaluation import extract_features
+from hacnn.features import choose_precision, extract_folder, list_images, load_features, parse_ids
+from hacnn.reranking import re_ranking
+from hacnn.search import CSV_COLUMNS, CSV_NAME, rank, search_gallery
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = dict(channels=(32, 64, 96), feat_dim=16, input_size=(32, 16), local_sizes=((8, 8), (4, 4), (2, 2)))
+# (relative path, (pid, camera 0-based) or None): Market, Duke and CUHK03-NP names, and others
+NAMES = [("0002_c1s1_000451_03.jpg", (2, 0)), ("a/0007_c3s2_000100_01.jpg", (7, 2)),
+         ("a/b/-1_c2s1_000001_00.jpg", (-1, 1)), ("duke/0005_c2_f0046985.jpg", (5, 1)),
+         ("cuhk/0011_c2_3.png", (11, 1)), ("holiday.png", None), ("Z_last.bmp", None)]
+
+
+def write_images(root: Path, names=NAMES, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, _ in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(root / name)
+    (root / ".hidden.jpg").write_bytes(b"not shown")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def gallery(tmp_path) -> Path:
+    return write_images(tmp_path / "gallery")
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return HACNN(5, **TINY).eval()
+
+
+def checkpoint(path: Path, model) -> Path:
+    atomic_save({"format": "hacnn", "version": 1, "config": model.config.to_dict(),
+                 "model": model.state_dict()}, path)
+    return path
+
+
+def reference_features(model, root: Path, names) -> torch.Tensor:
+    items = [(str(root / n), 0, 0) for n in names]
+    loader = torch.utils.data.DataLoader(ImageDataset(items, build_transforms(32, 16, train=False)), batch_size=3)
+    return extract_features(model, loader, progress=False)[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name)
+
+
+# ----------------------------------------------------------------------------- listing and names
+
+def test_list_images_is_recursive_sorted_and_skips_hidden_and_other_files(gallery):
+    assert [p.as_posix() for p in list_images(gallery)] == sorted(n for n, _ in NAMES)
+    assert [parse_ids(Path(n).name) for n, _ in NAMES] == [i for _, i in NAMES]
+
+
+def test_no_images_is_one_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetLayoutError, match="no images .* under '.*empty'"):
+        extract_folder(HACNN(5, **TINY), tmp_path / "empty", tmp_path / "f.npz", progress=False)
+    with pytest.raises(DatasetLayoutError, match="is not a folder"):
+        list_images(tmp_path / "missing")
+    assert not (tmp_path / "f.npz").exists()
+
+
+# ----------------------------------------------------------------------------- extraction
+
+def test_npz_holds_the_features_of_extract_features(gallery, model, tmp_path):
+    out = tmp_path / "feats.npz"
+    r = extract_folder(checkpoint(tmp_path / "w.pth", model), gallery, out, precision="fp32",
+                       batch_size=3, progress=False)
+    z = load_features(out, feature_dim=model.feature_dim)
+    expected_names = sorted(n for n, _ in NAMES)
+    assert z.paths == r.paths == expected_names
+    ref = reference_features(model, gallery, expected_names)
+    np.testing.assert_allclose(z.features, ref.numpy(), atol=1e-6, rtol=0)
+    ids = dict(NAMES)
+    np.testing.assert_array_equal(z.has_id, [ids[n] is not None for n in expected_names])
+    np.testing.assert_array_equal(z.pids, [ids[n][0] if ids[n] else -1 for n in expected_names])
+    np.testing.assert_array_equal(z.camids, [ids[n][1] if ids[n] else -1 for n in expected_names])
+    assert z.root == str(gallery.resolve()) and z.precision == "fp32" and z.digest == features.model_digest(model)
+    assert leftovers(tmp_path) == [] and not (tmp_path / "feats.npz.parts").exists()
+    with pytest.raises(FileExistsError, match="pass --force"):
+        extract_folder(model, gallery, out, progress=False)
+
+
+def test_bf16_path_is_checked_against_fp32_on_the_first_batch(model):
+    x = torch.randn(4, 3, 32, 16)
+    with mock.patch("hacnn.training.native_bf16", return_value=True):
+        _, _, chosen = choose_precision(model, x)
+        assert chosen == "bf16"
+        with pytest.warns(RuntimeWarning, match=r"bf16 features differ from fp32 .*cosine similarity 0?\.\d+ < 1\.1"):
+            net, _, chosen = choose_precision(model, x, min_cosine=1.1)    # unreachable: falls back
+    assert chosen == "fp32" and next(net.parameters()).dtype == torch.float32
+    with mock.patch("hacnn.training.native_bf16", return_value=False):
+        assert choose_precision(model, x)[2] == "fp32"
+    net16, layout, _ = choose_precision(model, x, precision="bf16")
+    f16 = net16(x.to(torch.bfloat16).contiguous(memory_format=layout)).float()
+    cos = torch.nn.functional.cosine_similarity(f16, model(x).detach(), dim=1)
+    assert cos.min() > features.BF16_MIN_COSINE
+
+
+def test_an_interrupted_run_resumes_from_its_chunks(gallery, model, tmp_path):
+    out, calls = tmp_path / "f.npz", []
+    real = features._batch_features
+
+    def failing(net, x, *a):
+        calls.append(len(x))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(net, x, *a)
+
+    with mock.patch.object(features, "CHUNK", 2), mock.patch.object(features, "_batch_features", failing):
+        with pytest.raises(KeyboardInterrupt):
+            extract_folder(model, gallery, out, batch_size=2, precision="fp32", progress=False)
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "f.npz.parts").iterdir()) == \
+        ["manifest.json", "part-00000.npz", "part-00001.npz"]
+    calls.clear()
+    with mock.patch.object(features, "CHUNK", 2), mock.patch.object(features, "_batch_features",
+                                                                     lambda *a: calls.append(1) or real(*a)):
+        resumed = extract_folder(model, gallery, out, batch_size=2, precision="fp32", progress=False)
+    assert len(calls) == 2                                   # 7 images: chunks 3 and 4 only
+    fresh = extract_folder(model, gallery, None, precision="fp32", progress=False)
+    np.testing.assert_allclose(resumed.features, fresh.features, atol=1e-6, rtol=0)
+    assert not (tmp_path / "f.npz.parts").exists()
+    # other weights: the old chunks are not reused
+    with mock.patch.object(features, "CHUNK", 2), mock.patch.object(features, "_batch_features", failing):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            extract_folder(model, gallery, tmp_path / "g.npz", batch_size=2, precision="fp32", progress=False)
+    other = HACNN(5, **TINY).eval()
+    with mock.patch.object(features, "CHUNK", 2):
+        r = extract_folder(other, gallery, tmp_path / "g.npz", precision="fp32", progress=False)
+    np.testing.assert_allclose(r.features, reference_features(other, gallery, r.paths).numpy(), atol=1e-6, rtol=0)
+
+
+def test_a_corrupt_image_names_the_file_or_is_skipped_with_a_count(gallery, model, tmp_path):
+    bad = gallery / "a" / "0007_c3s2_000100_01.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "f.npz"
+    with pytest.raises(ImageReadError, match=re.escape(str(bad))):
+        extract_folder(model, gallery, out, precision="fp32", progress=False)
+    assert not out.exists() and leftovers(tmp_path) == []
+    with pytest.warns(RuntimeWarning, match=r"skipped 1 of 7 images under .* a/0007_c3s2_000100_01\.jpg"):
+        r = extract_folder(model, gallery, out, precision="fp32", skip_corrupt=True, progress=False)
+    z = load_features(out)
+    assert "a/0007_c3s2_000100_01.jpg" not in z.paths and len(z.paths) == 6 and r.skipped == ("a/0007_c3s2_000100_01.jpg",)
+    np.testing.assert_allclose(z.features, reference_features(model, gallery, z.paths).numpy(), atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- ranking
+
+def brute_force(qf, gf):
+    d = ((qf[:, None, :].astype(np.float64) - gf[None].astype(np.float64)) ** 2).sum(-1)   # (Q, G)
+    return d, np.argsort(d, axis=1, kind="stable")
+
+
+def test_rank_equals_brute_force_argsort_and_plugs_in_an_index():
+    rng = np.random.default_rng(0)
+    qf, gf = rng.normal(size=(4, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    d, i = rank(qf, gf, 5)
+    ref_d, ref_i = brute_force(qf, gf)
+    np.testing.assert_array_equal(i, ref_i[:, :5])
+    np.testing.assert_allclose(d, np.take_along_axis(ref_d, ref_i[:, :5], 1), rtol=1e-5, atol=1e-5)
+    assert rank(qf, gf, 100)[1].shape == (4, 30)                       # k capped at G
+
+    class Index:                                                     # the FAISS-style interface
+        def search(self, queries, k):
+            dd, ii = brute_force(queries, gf)
+            return np.take_along_axis(dd, ii[:, :k], 1), ii[:, :k]
+    np.testing.assert_array_equal(rank(qf, Index(), 5)[1], ref_i[:, :5])
+    with pytest.raises(ValueError, match="re-ranking needs the gallery feature matrix"):
+        rank(qf, Index(), 5, rerank=True)
+    with pytest.raises(ValueError, match="k: expected a positive int"):
+        rank(qf, gf, 0)
+    rr = re_ranking(ref_d, brute_force(qf, qf)[0], brute_force(gf, gf)[0], k1=4, k2=2)
+    np.testing.assert_array_equal(rank(qf, gf, 5, rerank=True, k1=4, k2=2)[1],
+                                  np.argsort(rr, axis=1, kind="stable")[:, :5])
+
+
+def test_search_writes_the_csv_and_one_figure_per_query(gallery, model, tmp_path):
+    w = checkpoint(tmp_path / "w.pth", model)
+    feats = extract_folder(w, gallery, tmp_path / "g.npz", precision="fp32", progress=False)
+    queries = [gallery / "0002_c1s1_000451_03.jpg", gallery / "holiday.png"]
+    r = search_gallery(w, queries, tmp_path / "g.npz", tmp_path / "out", topk=3, progress=False)
+    qf = reference_features(model, Path("/"), [str(q) for q in queries]).numpy()
+    ref_d, ref_i = brute_force(qf, feats.features)
+    np.testing.assert_array_equal(r.indices, ref_i[:, :3])
+    rows = list(csv.DictReader(open(tmp_path / "out" / CSV_NAME)))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 6
+    for n, row in enumerate(rows):
+        a, k = divmod(n, 3)
+        g = feats.paths[ref_i[a, k]]
+        assert (row["query"], int(row["rank"]), row["gallery"]) == (str(queries[a]), k + 1, g)
+        assert float(row["distance"]) == pytest.approx(ref_d[a, ref_i[a, k]], rel=1e-4, abs=1e-5)
+        assert row["query_pid"] == ("2" if a == 0 else "")
+        gid = dict(NAMES)[g]
+        assert row["gallery_pid"] == (str(gid[0]) if gid else "")
+    assert rows[0]["gallery"] == "0002_c1s1_000451_03.jpg" and float(rows[0]["distance"]) < 1e-4   # itself first
+    assert sorted(p.name for p in r.figures) == ["query-000-0002_c1s1_000451_03.png", "query-001-holiday.png"]
+    assert all(p.stat().st_size > 0 for p in r.figures)
+    with pytest.raises(FileExistsError, match="ranking.csv exists"):
+        search_gallery(w, queries, tmp_path / "g.npz", tmp_path / "out", progress=False)
+    # a folder gallery gives the same ranking
+    r2 = search_gallery(w, queries, gallery, None, topk=3, precision="fp32", progress=False)
+    np.testing.assert_array_equal(r2.indices, r.indices)
+
+
+def test_a_gallery_of_another_feature_size_is_refused(gallery, model, tmp_path):
+    wide = HACNN(5, **{**TINY, "feat_dim": 24}).eval()
+    extract_folder(wide, gallery, tmp_path / "g.npz", precision="fp32", progress=False)
+    with pytest.raises(ValueError, match=r"g\.npz holds 48-d features, but the model gives 32-d"):
+        search_gallery(model, [gallery / "holiday.png"], tmp_path / "g.npz", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "junk.npz").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="is not a features file"):
+        load_features(tmp_path / "junk.npz")
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_cli_extract_and_search(gallery, model, tmp_path, capsys):
+    w = checkpoint(tmp_path / "w.pth", model)
+    assert main(["extract", "--weights", str(w), "--images", str(gallery), "--out", str(tmp_path / "g.npz"),
+                 "--precision", "fp32", "--no-progress"]) == 0
+    assert "7 images x 32-d features (fp32), 5 with ids" in capsys.readouterr().out
+    assert main(["extract", "--weights", str(w), "--images", str(gallery), "--out", str(tmp_path / "g.npz")]) == 1
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["search", "--weights", str(w), "--query", str(gallery / "holiday.png"), "--gallery",
+                 str(tmp_path / "g.npz"), "--out", str(tmp_path / "out"), "--topk", "2", "--no-progress",
+                 "--no-figures"]) == 0
+    assert len(list(csv.DictReader(open(tmp_path / "out" / CSV_NAME)))) == 2
+    assert main(["search", "--weights", str(w), "--query", str(tmp_path / "nope.jpg"), "--gallery",
+                 str(tmp_path / "g.npz"), "--out", str(tmp_path / "o2")]) == 1
+    assert "query images not found" in capsys.readouterr().err
+    (gallery / "holiday.png").write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["extract", "--weights", str(w), "--images", str(gallery), "--out", str(tmp_path / "h.npz"),
+                     "--no-progress"]) == 1
+    assert re.search(r"error: cannot read image '.*holiday\.png': empty file", capsys.readouterr().err)
+    assert not (tmp_path / "h.npz").exists()
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("extract", ["--weights", "--images", "--out", "--precision", "--skip-corrupt", "--force"]),
+    ("search", ["--weights", "--query", "--gallery", "--topk", "--out", "--rerank", "--metric"]),
+    ("export", ["--weights", "--out", "--opset", "--batch", "--dynamo"]),
+])
+def test_subcommand_help(capsys, command, flags):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in flags)
