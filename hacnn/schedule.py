@@ -110,17 +110,17 @@ def make_plan(cfg: TrainConfig, steps_per_epoch: int | None, *, budget_steps: in
                              "optimisation steps: the training loader needs a length (len(loader))")
         return {"schedule": cfg.schedule, "gamma": cfg.gamma, "bound": "epochs", "total_steps": None,
                 "epochs": cfg.epochs, "steps_per_epoch": None, "offset": 0, "warmup_steps": 0,
-                "milestone_steps": (), "time_budget_s": None, "step_time_s": None}
+                "milestone_steps": [], "time_budget_s": None, "step_time_s": None}
     cap = cfg.epochs * steps_per_epoch
     if budget is None:
         total, offset, bound = cap, 0, "epochs"
-        milestones = tuple(e * steps_per_epoch for e in cfg.milestone_epochs)
+        milestones = [e * steps_per_epoch for e in cfg.milestone_epochs]
     else:
         offset = measure_window(steps_per_epoch)[1]
         total = None if budget_steps is None else min(cap, budget_steps)
         bound = "epochs" if budget_steps is not None and budget_steps >= cap else "time"
-        milestones = () if total is None else \
-            tuple(sorted({max(1, round(m * (total - offset))) for m in cfg.milestones}))
+        milestones = [] if total is None else \
+            sorted({max(1, round(m * (total - offset))) for m in cfg.milestones})
     scheduled = None if total is None else total - offset
     return {"schedule": cfg.schedule, "gamma": cfg.gamma, "bound": bound, "total_steps": total,
             "epochs": cfg.epochs if total is None else -(-total // steps_per_epoch),
