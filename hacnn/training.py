@@ -11,9 +11,9 @@ budget measured, then planned).
 A run folder holds ``last.pth`` (written after every epoch), ``best.pth``
 (best mAP so far), ``log.csv`` and ``log.json``. Checkpoints are written
 atomically and carry everything a run needs to continue bit for bit on the
-same machine: model, optimiser, the run's plan and step count, grad scaler, the torch / numpy /
-python RNG states, the data loader's generators and sampler epoch, and the
-history. They load with ``weights_only=True``, so every state is stored as
+same machine: model, optimiser, the run's plan and step count, grad scaler,
+the torch / numpy / python RNG states, the data loader's generators and
+sampler epoch, and the history. They load with ``weights_only=True``, so every state is stored as
 tensors and plain Python values.
 
 Exact resumption holds for loaders whose randomness lives in the main
@@ -369,7 +369,7 @@ class Trainer:
             "train": {
                 "epoch": self.epoch, "step": self.step, "plan": dict(self.plan),
                 "config": self.config.to_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": get_rng_state(),
                 "data": get_data_state(self.train_loader), "history": self.history,
                 "best_map": self.best_map, "best_epoch": self.best_epoch,
@@ -380,8 +380,10 @@ class Trainer:
         """Restore a checkpoint (default ``out_dir/last.pth``); returns the completed epochs.
 
         The run continues the checkpoint's plan (a time budget is not measured
-        again), except that an epoch-bounded run given other ``epochs`` is
-        planned anew for them (a warning says so if that moves the learning rate).
+        again, and keeps its plan whatever ``epochs``), except that an
+        epoch-bounded run given other ``epochs`` is planned anew for them (a
+        warning says so if that moves the learning rate). A checkpoint from
+        before plans were saved is planned from its config.
         """
         path = self.out_dir / LAST if checkpoint is None else checkpoint
         ckpt = path if isinstance(path, dict) else safe_load(path)
@@ -403,11 +405,11 @@ class Trainer:
         self.step = int(train.get("step", self.epoch * (self.steps_per_epoch or 0)))  # older: whole epochs
         plan = train.get("plan")
         if plan is None or (plan["time_budget_s"] is None and plan["epochs"] != self.config.epochs):
-            new = make_plan(self.config, self.steps_per_epoch)
-            if plan is not None and lr_at(self.step, plan, self.config.lr) != lr_at(self.step, new, self.config.lr):
-                warnings.warn(f"epochs changed from {plan['epochs']} to {new['epochs']}: the {new['schedule']} "
-                              f"schedule is planned anew and the learning rate moves at step {self.step}",
-                              stacklevel=2)
+            new, peak = make_plan(self.config, self.steps_per_epoch), self.config.lr
+            if plan is not None and lr_at(self.step, plan, peak) != lr_at(self.step, new, peak):
+                warnings.warn(f"epochs changed from {plan['epochs']} to {new['epochs']}: the "
+                              f"{new['schedule']} schedule is planned anew and the learning rate "
+                              f"moves at step {self.step}", stacklevel=2)
             plan = new
         self.scheduler.restart(plan, self.step)
         self.history = list(train["history"])

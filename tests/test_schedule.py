@@ -157,7 +157,8 @@ def test_parse_duration_refuses_what_is_not_a_positive_duration(text):
 def test_cli_time_budget(capsys):
     args = build_parser().parse_args(["train", "--time-budget", "20m", "--recipe", "adam-cosine",
                                       "--schedule", "onecycle", "--warmup", "0.1"])
-    assert (args.time_budget, args.recipe, args.schedule, args.warmup) == (1200.0, "adam-cosine", "onecycle", 0.1)
+    assert (args.time_budget, args.recipe, args.schedule, args.warmup) == \
+        (1200.0, "adam-cosine", "onecycle", 0.1)
     assert build_parser().parse_args(["train"]).time_budget is None
     for bad in ("0", "=-1m", "soon"):
         with pytest.raises(SystemExit) as exit_:
