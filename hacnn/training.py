@@ -226,6 +226,10 @@ class Trainer:
         bar = tqdm(batches, total=_length(self.train_loader), desc=f"epoch {epoch}/{self.plan['epochs']}",
                    leave=False, disable=not self.progress, dynamic_ncols=True)
         for it, batch in enumerate(bar, 1):
+            # A plan that ends inside an epoch (time budget) stops before the next step; an epoch that
+            # ends with the plan runs its loader out, so the loader's state is that of any epoch's end.
+            if self.plan["total_steps"] is not None and self.step >= self.plan["total_steps"]:
+                break
             images = batch[0].to(dev, non_blocking=True, memory_format=self.memory_format)
             pids = torch.as_tensor(batch[1]).to(dev, non_blocking=True)   # (B,)
             with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -253,8 +257,7 @@ class Trainer:
                 correct_l += (out.local_logits.argmax(1) == pids).sum().item()
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct_g / n:.1f}%", refresh=False)
             lr = self.optimizer.param_groups[0]["lr"]        # this step's (the log shows the last)
-            if self._after_step():
-                break
+            self._after_step()
         if n == 0:
             raise ValueError("the training loader yielded no batch (fewer images than one batch?)")
         elapsed = time.perf_counter() - start
@@ -283,9 +286,8 @@ class Trainer:
         """The run's plan (:func:`hacnn.schedule.make_plan`): length, warm-up, milestones."""
         return self.scheduler.plan
 
-    def _after_step(self) -> bool:
-        """Count the step, fix a time budget's plan after its measurement, set the next
-        step's lr; True when the plan's last step is done."""
+    def _after_step(self) -> None:
+        """Count the step, fix a time budget's plan after its measurement, set the next step's lr."""
         self.step += 1
         if self.plan["total_steps"] is None and self.config.time_budget is not None:
             self._step_ends.append(time.perf_counter())
@@ -299,7 +301,6 @@ class Trainer:
                 self._print(f"time budget {plan['time_budget_s']:g} s at {plan['step_time_s']:.3g} s/step: "
                             f"{plan['total_steps']} steps, {plan['epochs']} epochs (ends by {plan['bound']})")
         self.scheduler.step()
-        return self.plan["total_steps"] is not None and self.step >= self.plan["total_steps"]
 
     def _should_eval(self, epoch: int) -> bool:
         every = self.config.eval_every          # under a time budget: the last epoch only

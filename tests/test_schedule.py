@@ -23,7 +23,7 @@ from hacnn.config import RECIPES, TrainConfig
 from hacnn.logging_utils import read_log
 from hacnn.schedule import (BudgetError, build_scheduler, lr_at, make_plan, parse_duration,
                             plan_budget, predict_total_steps)
-from test_training import _pause_after, _run_script, tiny_trainer
+from test_training import _pause_after, _run_script, tiny_loader, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PEAK = 1e-3
@@ -250,6 +250,43 @@ def test_changing_epochs_of_a_cosine_run_on_resume_warns(tmp_path):
         longer.resume()
     assert longer.plan["total_steps"] == 16 and longer.optimizer.param_groups[0]["lr"] == \
         pytest.approx(PEAK * (1 + math.cos(math.pi * 8 / 16)) / 2)
+
+
+@pytest.mark.parametrize("saved_plan", [True, False])
+def test_more_epochs_on_resume_continue_exactly(tmp_path, saved_plan):
+    """A finished 1-epoch run resumed for 2 epochs is the 2-epoch run, bitwise (its last epoch ran
+    the loader out as any epoch does); also from a last.pth of before plans were saved."""
+    straight = tiny_trainer(tmp_path / "straight", epochs=2, eval_every=0)
+    straight.fit()
+    tiny_trainer(tmp_path / "old", epochs=1, eval_every=0).fit()
+    ckpt = safe_load(tmp_path / "old" / "last.pth")
+    if not saved_plan:
+        del ckpt["train"]["plan"], ckpt["train"]["step"]
+    resumed = tiny_trainer(tmp_path / "old", epochs=2, eval_every=0)
+    resumed.resume(ckpt)
+    assert resumed.step == 4 and resumed.plan["total_steps"] == 8
+    resumed.fit()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Unsized:
+    """A loader without a length: two fixed batches per pass."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_a_loader_without_length_trains_at_constant_lr_and_refuses_a_planned_schedule(tmp_path):
+    batches = Unsized(list(tiny_loader())[:2])
+    history = tiny_trainer(tmp_path / "constant", epochs=2, loader=batches, eval_every=0).fit()
+    assert [r["lr"] for r in history] == [PEAK, PEAK]
+    for kw in ({"schedule": "cosine"}, {"warmup": 0.1}, {"time_budget": 60.0}):
+        with pytest.raises(ValueError, match=r"the training loader needs a length \(len\(loader\)\)"):
+            tiny_trainer(tmp_path / "planned", loader=batches, **kw)
 
 
 @pytest.mark.slow
