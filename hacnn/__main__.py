@@ -8,6 +8,7 @@ Examples::
     python -m hacnn train --dataset folder --root ~/crops --test-ids 0.3 --out runs/mine
     python -m hacnn train --dataset cuhk03-pair --root ~/data/cuhk03_pair1
     python -m hacnn train --out runs/market --resume
+    python -m hacnn train --recipe adam-cosine --time-budget 20m --out runs/budget
     python -m hacnn evaluate --weights runs/market/best.pth --dataset market1501 --flip
     python -m hacnn convert --from-torchreid hacnn_market.pth.tar --out hacnn_market.pth
     python -m hacnn extract --weights best.pth --images gallery/ --out gallery.npz
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from .config import RECIPES
+from .schedule import SCHEDULES, parse_duration
 from .training import RUN_JSON
 
 DEFAULT_DATASET = "synthetic"
@@ -69,14 +71,23 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    "Adam lr 1e-3 (~3 min on 2 CPU cores)")
     t = p.add_argument_group("training (defaults: the recipe's; see hacnn.config.RECIPES)")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="adam (default: Adam 3e-4, 500 epochs, torchreid's reproduction) or "
-                   "sgd (SGD 0.03, 300 epochs, lr x0.1 at 50%% and 75%%)")
-    t.add_argument("--epochs", type=int)
+                   help="adam (default: Adam 3e-4, 500 epochs, torchreid's reproduction), "
+                   "sgd (SGD 0.03, 300 epochs, lr x0.1 at 50%% and 75%%) or adam-cosine (Adam 1e-3, "
+                   "5%% linear warm-up then cosine to 0, label smoothing 0.1)")
+    t.add_argument("--epochs", type=int, help="epochs (with --time-budget: at most this many)")
+    t.add_argument("--time-budget", type=_duration, metavar="TIME",
+                   help="train for this long (90s, 20m, 1.5h or seconds): the throughput is measured "
+                   "over the first steps, then the schedule is planned to end with the budget or "
+                   "--epochs, whichever comes first; the final evaluation follows the budget")
+    t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule over the run "
+                   "(default: the recipe's; see hacnn.schedule)")
+    t.add_argument("--warmup", type=float, help="warm-up as a fraction of the run (default: the recipe's)")
     t.add_argument("--batch-size", type=int, help="images per batch (default: 32)")
     t.add_argument("--num-instances", type=int, help="images per identity in a batch (default: 4)")
     t.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
     t.add_argument("--weight-decay", type=float)
-    t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: 0)")
+    t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: "
+                   "the recipe's, else 0)")
     t.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default=None,
                    help="mixed precision: bf16 (CPU/CUDA), fp16 (CUDA) or none (default: auto = bf16 "
                    "autocast on a CPU that computes bf16 natively, else fp32; --quick: none)")
@@ -95,9 +106,17 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-cail", action="store_true", help="no cross-attention interaction learning")
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _train_keywords(args: argparse.Namespace) -> dict:
     keys = ("recipe", "epochs", "batch_size", "num_instances", "lr", "weight_decay",
-            "label_smoothing", "amp", "channels_last", "grad_clip", "eval_every", "seed", "workers")
+            "label_smoothing", "amp", "channels_last", "grad_clip", "eval_every", "seed", "workers",
+            "time_budget", "schedule", "warmup")
     return {k: getattr(args, k) for k in keys}
 
 

@@ -6,7 +6,10 @@ CVPR 2018, Sec. 3 and Fig. 2). A notebook's papermill parameters map onto it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+
+from .schedule import SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,12 @@ class HACNNConfig:
         return cls(**kw)
 
 
-# Two known working recipes for training HA-CNN from scratch (the paper's own
-# optimiser settings were not published). ``milestones`` are fractions of the
-# run at which the learning rate is multiplied by ``gamma``.
+# Known working recipes for training HA-CNN from scratch (the paper's own
+# optimiser settings were not published). A recipe sets any TrainConfig field
+# that defaults to None; ``milestones`` are fractions of the run at which the
+# learning rate is multiplied by ``gamma``; ``schedule`` and ``warmup``: see
+# hacnn.schedule (without ``schedule``: "step" if there are milestones, else
+# "constant").
 RECIPES: dict[str, dict] = {
     # torchreid's 2018 reproduction (CUHK03 detected 42.4 R1 / 40.9 mAP vs the
     # paper's 41.7 / 38.6): Adam 3e-4, weight decay 5e-4, batch 32, 500 epochs,
@@ -101,7 +107,16 @@ RECIPES: dict[str, dict] = {
     # momentum 0.9, 300 epochs, lr x0.1 at 50 % and 75 %.
     "sgd": {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4, "momentum": 0.9,
             "epochs": 300, "milestones": (0.5, 0.75)},
+    # A schedule over the whole run (issue 16): Adam at a peak of 1e-3, linear
+    # warm-up over the first 5 % of the steps, then cosine to 0 at the last
+    # step; label smoothing 0.1. The length of the adam recipe, so the two
+    # compare at equal length; the schedule fits --epochs or --time-budget.
+    "adam-cosine": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-4, "momentum": 0.9,
+                    "epochs": 500, "milestones": (), "schedule": "cosine", "warmup": 0.05,
+                    "label_smoothing": 0.1},
 }
+# Fields a recipe may leave out, and their values then.
+RECIPE_FALLBACKS = {"warmup": 0.0, "label_smoothing": 0.0}
 AMP_MODES = ("auto", None, "none", "bf16", "fp16")
 
 
@@ -110,12 +125,22 @@ class TrainConfig:
     """Training settings (``hacnn.training.Trainer``).
 
     ``recipe`` fills every field left at ``None`` (``epochs``, ``lr``,
-    ``weight_decay``, ``momentum``, ``milestones``) from :data:`RECIPES`.
+    ``weight_decay``, ``momentum``, ``milestones``, ``schedule``, ``warmup``,
+    ``label_smoothing``) from :data:`RECIPES`.
     The default is ``"adam"``: it is the only recipe with a published
     reproduction that matches the paper's numbers (torchreid, 2018), it needs
     no schedule, and it is the less learning-rate-sensitive of the two on the
     short CPU runs this package makes (the synthetic benchmark, ``quick``).
-    ``recipe="sgd"`` switches to the torchreid author's SGD schedule.
+    ``recipe="sgd"`` switches to the torchreid author's SGD schedule,
+    ``recipe="adam-cosine"`` to Adam 1e-3 with warm-up + cosine to 0.
+
+    ``schedule``: ``"constant"``, ``"step"`` (x ``gamma`` at ``milestones``),
+    ``"cosine"`` or ``"onecycle"``, stepped per optimisation step over the
+    planned run (:mod:`hacnn.schedule`); ``warmup``: its warm-up as a
+    fraction of the run, in [0, 1). ``time_budget``: seconds of training
+    (from the start of ``Trainer.fit``; evaluation not included); the run is
+    planned after measuring its throughput, for whichever ends first, the
+    budget or ``epochs``, and the plan is saved for ``resume``.
 
     ``amp``: ``"auto"`` (default) trains under bf16 autocast where the CPU
     computes bf16 natively (AVX-512 BF16 or AMX: ~1.5x faster, the same
@@ -142,7 +167,7 @@ class TrainConfig:
     gamma: float = 0.1
     batch_size: int = 32
     num_instances: int = 4
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None   # None: the recipe's, else 0
     eval_every: int = 10
     seed: int = 0
     workers: int | None = None             # loader processes; None: hacnn.data's default
@@ -150,14 +175,26 @@ class TrainConfig:
     channels_last: bool = True
     grad_clip: float | None = None
     deterministic: bool = True
+    schedule: str | None = None            # None: the recipe's, else "step" with milestones, else "constant"
+    warmup: float | None = None            # fraction of the run; None: the recipe's, else 0
+    time_budget: float | None = None       # seconds of training; None: epochs only
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
-        for key, value in RECIPES[self.recipe].items():
+        for key, value in {**RECIPE_FALLBACKS, **RECIPES[self.recipe]}.items():
             if key != "optimizer" and getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        if self.schedule is None:
+            object.__setattr__(self, "schedule", "step" if self.milestones else "constant")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the run in [0, 1), got {self.warmup}")
+        if self.time_budget is not None and not 0 < self.time_budget < math.inf:
+            raise ValueError(f"time_budget must be a positive number of seconds (or None), "
+                             f"got {self.time_budget}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.amp == "none":

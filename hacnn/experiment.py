@@ -103,7 +103,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     """Train HA-CNN on ``dataset`` into ``out_dir`` and return its history and metrics.
 
     ``train`` keywords are :class:`TrainConfig` fields (``epochs``, ``lr``,
-    ``recipe``, ``amp``, ...); ``model`` holds :class:`HACNNConfig` fields
+    ``recipe``, ``amp``, ``time_budget`` in seconds, ...); ``model`` holds :class:`HACNNConfig` fields
     (``num_classes`` comes from the data). ``quick`` applies
     :data:`QUICK_DATA` / :data:`QUICK_TRAIN` under the explicit keywords; a
     keyword given as None keeps the preset's or ``TrainConfig``'s default

@@ -1,7 +1,7 @@
 """Per-epoch training logs (CSV + JSON) and process memory.
 
 A run folder holds ``log.csv`` (one row per epoch, fixed columns) and
-``log.json`` (the same rows plus both configs and the run's status). Both
+``log.json`` (the same rows plus both configs, the run's plan and its status). Both
 are rewritten atomically from the full history after every epoch, so after
 a crash they always agree with ``last.pth`` (which carries the history too).
 """
@@ -15,8 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-# Columns of log.csv, in order. Evaluation columns are empty on epochs
-# without an evaluation.
+# Columns of log.csv, in order. ``lr``: the learning rate of the epoch's last
+# optimisation step. Evaluation columns are empty on epochs without an evaluation.
 TRAIN_COLUMNS = ("epoch", "loss", "loss_global", "loss_local", "acc_global", "acc_local",
                  "lr", "epoch_time_s", "images_per_s", "rss_mb")
 EVAL_COLUMNS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "eval_time_s")
@@ -72,8 +72,11 @@ def _json_safe(value):
 
 def write_logs(out_dir: str | os.PathLike, history: list[dict], *, status: str,
                message: str = "", model_config: dict | None = None,
-               train_config: dict | None = None) -> None:
-    """Write ``log.csv`` and ``log.json`` for ``history`` (one dict per epoch)."""
+               train_config: dict | None = None, plan: dict | None = None) -> None:
+    """Write ``log.csv`` and ``log.json`` for ``history`` (one dict per epoch).
+
+    ``plan``: the run's plan (``hacnn.schedule.make_plan``), kept in log.json.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -84,7 +87,7 @@ def write_logs(out_dir: str | os.PathLike, history: list[dict], *, status: str,
     _atomic_write_text(out / CSV_NAME, buf.getvalue())
     payload = {"format": "hacnn-log", "status": status, "message": message,
                "columns": list(LOG_COLUMNS), "model_config": model_config,
-               "train_config": train_config,
+               "train_config": train_config, "plan": plan,
                "epochs": [{c: row.get(c) for c in LOG_COLUMNS} for row in history]}
     _atomic_write_text(out / JSON_NAME, json.dumps(_json_safe(payload), indent=1) + "\n")
 

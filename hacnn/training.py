@@ -2,15 +2,18 @@
 
 The model is trained from scratch on the identity cross-entropy of both
 heads (paper Sec. 3.3, :mod:`hacnn.losses`). The paper's optimiser settings
-were not published; :data:`hacnn.config.RECIPES` holds two known working
+were not published; :data:`hacnn.config.RECIPES` holds known working
 recipes and :class:`hacnn.config.TrainConfig` explains the default (Adam).
+The learning rate follows a plan of the whole run, stepped per optimisation
+step (:mod:`hacnn.schedule`: constant, step, cosine, one-cycle; a time
+budget measured, then planned).
 
 A run folder holds ``last.pth`` (written after every epoch), ``best.pth``
 (best mAP so far), ``log.csv`` and ``log.json``. Checkpoints are written
 atomically and carry everything a run needs to continue bit for bit on the
-same machine: model, optimiser, scheduler, grad scaler, the torch / numpy /
-python RNG states, the data loader's generators and sampler epoch, and the
-history. They load with ``weights_only=True``, so every state is stored as
+same machine: model, optimiser, the run's plan and step count, grad scaler,
+the torch / numpy / python RNG states, the data loader's generators and
+sampler epoch, and the history. They load with ``weights_only=True``, so every state is stored as
 tensors and plain Python values.
 
 Exact resumption holds for loaders whose randomness lives in the main
@@ -37,6 +40,7 @@ from .config import TrainConfig
 from .logging_utils import CSV_NAME, EVAL_COLUMNS, JSON_NAME, rss_mb, write_logs
 from .losses import HACNNLoss
 from .reproducibility import get_data_state, get_rng_state, seed_everything, set_data_state, set_rng_state
+from .schedule import build_scheduler, lr_at, make_plan, plan_budget
 
 LAST, BEST = "last.pth", "best.pth"
 RUN_JSON = "run.json"                # what the run was trained on (written by hacnn.experiment)
@@ -133,11 +137,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """Step decay: lr x ``gamma`` after each of ``cfg.milestone_epochs`` (stepped per epoch)."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestone_epochs, cfg.gamma)
-
-
 def make_evaluator(query_loader, gallery_loader, *, device=None, flip: bool = False,
                    rerank: bool = False, protocol: str = "market",
                    progress: bool = False) -> Callable[[nn.Module], dict]:
@@ -170,7 +169,9 @@ class Trainer:
         overwrite: allow a fresh run over a folder that holds one.
 
     ``fit()`` seeds everything from ``config.seed`` (unless resumed) and
-    trains to ``config.epochs``; ``resume()`` restores a ``last.pth``.
+    trains to the end of the plan (``config.epochs``, or what
+    ``config.time_budget`` holds, :mod:`hacnn.schedule`); ``resume()``
+    restores a ``last.pth`` and continues its saved plan.
     """
 
     def __init__(self, model: nn.Module, train_loader, config: TrainConfig | None = None,
@@ -192,7 +193,11 @@ class Trainer:
         self.overwrite = overwrite
         self.criterion = HACNNLoss(cfg.label_smoothing)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.steps_per_epoch = _length(train_loader)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)  # .plan: the run
+        self.step = 0                       # completed optimisation steps
+        self._step_ends: list[float] = []   # time-budget measurement: clock at each step's end
+        self._start = time.perf_counter()   # the budget's start (reset by fit)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.amp_dtype = _AMP_DTYPES[cfg.amp]
         self.epoch = 0                      # completed epochs
@@ -211,7 +216,6 @@ class Trainer:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
         self.model.train()
-        lr = self.optimizer.param_groups[0]["lr"]
         n = 0
         loss_sum = loss_g_sum = loss_l_sum = correct_g = correct_l = 0.0
         start = time.perf_counter()
@@ -219,9 +223,13 @@ class Trainer:
         # then iterates it again, and each iter() of a persistent-worker loader starts a new pass
         # (the sampler advances an epoch), so the loader itself must not be handed to tqdm.
         batches = iter(self.train_loader)
-        bar = tqdm(batches, total=_length(self.train_loader), desc=f"epoch {epoch}/{cfg.epochs}",
+        bar = tqdm(batches, total=_length(self.train_loader), desc=f"epoch {epoch}/{self.plan['epochs']}",
                    leave=False, disable=not self.progress, dynamic_ncols=True)
         for it, batch in enumerate(bar, 1):
+            # A plan that ends inside an epoch (time budget) stops before the next step; an epoch that
+            # ends with the plan runs its loader out, so the loader's state is that of any epoch's end.
+            if self.plan["total_steps"] is not None and self.step >= self.plan["total_steps"]:
+                break
             images = batch[0].to(dev, non_blocking=True, memory_format=self.memory_format)
             pids = torch.as_tensor(batch[1]).to(dev, non_blocking=True)   # (B,)
             with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -248,6 +256,8 @@ class Trainer:
                 loss_l_sum += loss.local_loss.item() * b
                 correct_l += (out.local_logits.argmax(1) == pids).sum().item()
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct_g / n:.1f}%", refresh=False)
+            lr = self.optimizer.param_groups[0]["lr"]        # this step's (the log shows the last)
+            self._after_step()
         if n == 0:
             raise ValueError("the training loader yielded no batch (fewer images than one batch?)")
         elapsed = time.perf_counter() - start
@@ -271,12 +281,35 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------
 
+    @property
+    def plan(self) -> dict:
+        """The run's plan (:func:`hacnn.schedule.make_plan`): length, warm-up, milestones."""
+        return self.scheduler.plan
+
+    def _after_step(self) -> None:
+        """Count the step, fix a time budget's plan after its measurement, set the next step's lr."""
+        self.step += 1
+        if self.plan["total_steps"] is None and self.config.time_budget is not None:
+            self._step_ends.append(time.perf_counter())
+            if self.step == self.plan["offset"]:
+                try:
+                    plan = plan_budget(self.config, self.steps_per_epoch, self._step_ends, self._start)
+                except ValueError as e:
+                    self._write_logs("stopped", str(e))
+                    raise
+                self.scheduler.plan = plan
+                self._print(f"time budget {plan['time_budget_s']:g} s at {plan['step_time_s']:.3g} s/step: "
+                            f"{plan['total_steps']} steps, {plan['epochs']} epochs (ends by {plan['bound']})")
+        self.scheduler.step()
+
     def _should_eval(self, epoch: int) -> bool:
-        every = self.config.eval_every
-        return self.evaluator is not None and every > 0 and (epoch % every == 0 or epoch == self.config.epochs)
+        every = self.config.eval_every          # under a time budget: the last epoch only
+        if self.evaluator is None or every == 0:
+            return False
+        return epoch == self.plan["epochs"] or (self.config.time_budget is None and epoch % every == 0)
 
     def fit(self) -> list[dict]:
-        """Train from ``self.epoch`` to ``config.epochs``; returns the per-epoch history."""
+        """Train from ``self.epoch`` to the plan's end; returns the per-epoch history."""
         cfg = self.config
         if self.epoch == 0 and not self._resumed:
             prepare_run_folder(self.out_dir, force=self.overwrite, files=TRAINER_FILES)
@@ -284,11 +317,14 @@ class Trainer:
         self._write_logs("running")
         precision = f"{cfg.amp} autocast" if cfg.amp else "fp32"
         layout = "channels_last" if cfg.channels_last else "NCHW"
-        if self.epoch < cfg.epochs:
-            self._print(f"training on {self.device} in {precision}, {layout}: epochs {self.epoch + 1}-{cfg.epochs}")
-        while self.epoch < cfg.epochs:
+        if self.epoch < self.plan["epochs"]:
+            self._print(f"training on {self.device} in {precision}, {layout}: epochs {self.epoch + 1}-"
+                        f"{self.plan['epochs']}" + (f" (time budget {cfg.time_budget:g} s; the first "
+                        f"{self.plan['offset']} steps measure the throughput at lr 0)"
+                        if self.plan["total_steps"] is None and cfg.time_budget else ""))
+        self._start = time.perf_counter()
+        while self.epoch < self.plan["epochs"]:
             row = self.train_epoch()
-            self.scheduler.step()
             if self._should_eval(row["epoch"]):
                 row.update(self.evaluate())
             self.epoch = row["epoch"]
@@ -301,7 +337,7 @@ class Trainer:
             if improved:
                 atomic_save(payload, self.out_dir / BEST)
             self._write_logs("running")
-            self._print(_summary(row, cfg.epochs))
+            self._print(_summary(row, self.plan["epochs"]))
         self._write_logs("finished")
         return self.history
 
@@ -321,7 +357,7 @@ class Trainer:
     def _write_logs(self, status: str, message: str = "") -> None:
         model_cfg = self.model.config.to_dict() if hasattr(self.model, "config") else None
         write_logs(self.out_dir, self.history, status=status, message=message,
-                   model_config=model_cfg, train_config=self.config.to_dict())
+                   model_config=model_cfg, train_config=self.config.to_dict(), plan=self.plan)
 
     # -- checkpoints --------------------------------------------------------
 
@@ -332,8 +368,9 @@ class Trainer:
             "config": self.model.config.to_dict() if hasattr(self.model, "config") else None,
             "model": self.model.state_dict(),
             "train": {
-                "epoch": self.epoch, "config": self.config.to_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "plan": dict(self.plan),
+                "config": self.config.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": get_rng_state(),
                 "data": get_data_state(self.train_loader), "history": self.history,
                 "best_map": self.best_map, "best_epoch": self.best_epoch,
@@ -341,7 +378,14 @@ class Trainer:
         }
 
     def resume(self, checkpoint: str | Path | dict | None = None) -> int:
-        """Restore a checkpoint (default ``out_dir/last.pth``); returns the completed epochs."""
+        """Restore a checkpoint (default ``out_dir/last.pth``); returns the completed epochs.
+
+        The run continues the checkpoint's plan (a time budget is not measured
+        again, and keeps its plan whatever ``epochs``), except that an
+        epoch-bounded run given other ``epochs`` is planned anew for them (a
+        warning says so if that moves the learning rate). A checkpoint from
+        before plans were saved is planned from its config.
+        """
         path = self.out_dir / LAST if checkpoint is None else checkpoint
         ckpt = path if isinstance(path, dict) else safe_load(path)
         train = ckpt.get("train") if isinstance(ckpt, dict) else None
@@ -349,17 +393,26 @@ class Trainer:
             raise CheckpointError(f"{path} holds weights only, no training state: it cannot be resumed")
         saved = TrainConfig.from_dict(train["config"])
         changed = {k for k, v in saved.to_dict().items() if self.config.to_dict()[k] != v}
-        if changed - {"epochs", "eval_every", "workers"}:
+        if changed - {"epochs", "eval_every", "workers", "time_budget"}:
             warnings.warn(f"resuming with settings that differ from the checkpoint's: {sorted(changed)}",
                           stacklevel=2)
         load_weights(self.model, ckpt["model"], "the checkpoint" if isinstance(path, dict) else path,
                      "this model")
         self.optimizer.load_state_dict(train["optimizer"])
-        self.scheduler.load_state_dict(train["scheduler"])
         self.scaler.load_state_dict(train["scaler"])
         set_rng_state(train["rng"])
         set_data_state(self.train_loader, train["data"])
         self.epoch = int(train["epoch"])
+        self.step = int(train.get("step", self.epoch * (self.steps_per_epoch or 0)))  # older: whole epochs
+        plan = train.get("plan")
+        if plan is None or (plan["time_budget_s"] is None and plan["epochs"] != self.config.epochs):
+            new, peak = make_plan(self.config, self.steps_per_epoch), self.config.lr
+            if plan is not None and lr_at(self.step, plan, peak) != lr_at(self.step, new, peak):
+                warnings.warn(f"epochs changed from {plan['epochs']} to {new['epochs']}: the "
+                              f"{new['schedule']} schedule is planned anew and the learning rate "
+                              f"moves at step {self.step}", stacklevel=2)
+            plan = new
+        self.scheduler.restart(plan, self.step)
         self.history = list(train["history"])
         self.best_map, self.best_epoch = float(train["best_map"]), train["best_epoch"]
         self._resumed = True

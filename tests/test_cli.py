@@ -29,7 +29,8 @@ def test_top_level_help_runs_as_module():
 @pytest.mark.parametrize("command, flags", [
     ("train", ["--dataset", "--root", "--epochs", "--batch-size", "--lr", "--recipe", "--amp",
                "--eval-every", "--seed", "--workers", "--out", "--resume", "--force", "--quick",
-               "--no-local", "--no-soft", "--no-hard", "--no-cail", "--grad-clip", "--channels-last"]),
+               "--no-local", "--no-soft", "--no-hard", "--no-cail", "--grad-clip", "--channels-last",
+               "--time-budget", "--schedule", "--warmup"]),
     ("evaluate", ["--weights", "--dataset", "--rerank", "--flip"]),
     ("convert", ["--from-torchreid", "--to-torchreid", "--out"]),
     ("synth", ["--size", "--misalignment", "--seed", "--out"]),

@@ -246,8 +246,9 @@ def test_rng_state_round_trip_through_safe_load(tmp_path):
 
 # ----------------------------------------------------------------------------- resume after SIGKILL
 
-def _run_script(out_dir: Path, *extra: str, wait: bool = True):
-    cmd = [sys.executable, __file__, str(out_dir), *extra]
+def _run_script(out_dir: Path, *extra: str, wait: bool = True, script: str = __file__):
+    """Run ``script`` (default: this file's ``_main``) on ``out_dir`` in a subprocess."""
+    cmd = [sys.executable, script, str(out_dir), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if wait:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
