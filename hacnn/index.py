@@ -143,6 +143,8 @@ class GalleryIndex:
         self._index = faiss.index_factory(self.dim, self.config.factory(), metric)
         if mode == "hnsw":
             self._index.hnsw.efConstruction = self.config.ef_construction
+        elif mode == "ivf" and self.config.pq_m:   # the factory's polysemous codes: unused, slow to train
+            faiss.downcast_index(faiss.extract_index_ivf(self._index)).do_polysemous_training = False
         self._ids = np.empty(0, dtype=np.int64)     # position in the index -> caller's id
         self.set_params()
 
