@@ -232,8 +232,9 @@ class GalleryIndex:
             new_ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
             if new_ids.shape != (n,) or new_ids.dtype.kind not in "iu" or (n and new_ids.min() < 0):
                 _fail("ids", f"a 1-D array of {n} non-negative ints", f"shape {new_ids.shape}, dtype {new_ids.dtype}")
-        for start in range(0, n, _ADD_BLOCK):   # normalised copies one block at a time
-            self._index.add(self._prepare(features[start:start + _ADD_BLOCK], "features"))
+        block = _ADD_BLOCK // 16 if self.config.pq_m else _ADD_BLOCK   # PQ encodes via rows x 64 KiB tables
+        for start in range(0, n, block):        # normalised copies one block at a time
+            self._index.add(self._prepare(features[start:start + block], "features"))
         self._ids = np.concatenate([self._ids, new_ids.astype(np.int64)])
         return self
 
