@@ -309,17 +309,24 @@ def _evaluate_rows(chunks, num_q, num_g, q_pids, g_pids, q_camids, g_camids, *,
                                        g_group, len(groups), num_repeats, gen)
             ap = inp = torch.where(first > 0, 1.0 / first.clamp(min=1).double(), 0.0).mean(1)
         firsts.append(first), aps.append(ap), inps.append(inp)
-    first = torch.cat(firsts)                                         # (Q, R) first-match ranks
-    valid = first[:, 0] > 0
+    return _summarise(torch.cat(firsts), torch.cat(aps), torch.cat(inps), min(max_rank, num_g))
+
+
+def _summarise(first, ap, inp, max_rank: int, valid=None) -> RankResult:
+    """(Q, R) first-match ranks (0 = none found), (Q,) AP and INP -> RankResult over valid queries.
+
+    ``valid`` (default: queries with a match found) marks the queries that count.
+    """
+    num_q = len(first)
+    valid = first[:, 0] > 0 if valid is None else valid
     num_valid = int(valid.sum())
-    max_rank = min(max_rank, num_g)
     if num_valid == 0:
         nan = float("nan")
         return RankResult(np.full(max_rank, nan), nan, nan, 0, num_q)
     hits = torch.bincount(first[valid].clamp(max=max_rank + 1).flatten(), minlength=max_rank + 2)
     cmc = hits[1:max_rank + 1].cumsum(0).double() / first[valid].numel()
-    return RankResult(cmc.numpy(), float(torch.cat(aps)[valid].mean()),
-                      float(torch.cat(inps)[valid].mean()), num_valid, num_q - num_valid)
+    return RankResult(cmc.numpy(), float(ap[valid].mean()), float(inp[valid].mean()),
+                      num_valid, num_q - num_valid)
 
 
 # ----------------------------------------------------------------------------- public evaluation
