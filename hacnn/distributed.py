@@ -54,7 +54,6 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
@@ -271,6 +270,20 @@ def check_batch(global_batch: int, sync_bn: bool, world_size: int | None = None)
     return per_rank
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes; the gradient is summed too (every process's loss uses the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad)
+
+
 class GlobalBatchNorm(_BatchNorm):
     """Batch norm with the statistics of the global batch, on any device and backend.
 
@@ -292,7 +305,7 @@ class GlobalBatchNorm(_BatchNorm):
         c, dims = x.shape[1], [0, *range(2, x.dim())]
         xd = x.double()
         stats = torch.cat([xd.sum(dims), (xd * xd).sum(dims), xd.new_tensor([x.numel() / c])])
-        stats = dist_nn.all_reduce(stats)                          # (2C + 1,) over all processes
+        stats = _AllReduceSum.apply(stats)                         # (2C + 1,) over all processes
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)      # biased, as batch norm normalises
