@@ -111,7 +111,7 @@ def single(noise_root, tmp_path_factory) -> dict:
     """One process: 2 epochs (kept as a checkpoint), resumed to 3 (single-process resume is exact)."""
     base = tmp_path_factory.mktemp("single")
     torch.set_num_threads(1)
-    _run(noise_root, base / "two", epochs=2)
+    _run(noise_root, base / "two", epochs=2, sync_bn=True)   # saved: a resume on 2 processes syncs
     shutil.copytree(base / "two", base / "three")
     _run(noise_root, base / "three", epochs=3, resume=True)
     return {"two": base / "two", "three": base / "three", "history": _history(base / "three")}
@@ -235,8 +235,14 @@ def test_two_processes_with_sync_bn_train_like_one_process(ddp, single):
     assert got[1]["loss"] < got[0]["loss"]
     a, b = safe_load(ddp / "sync" / "last.pth")["model"], safe_load(single["two"] / "last.pth")["model"]
     assert set(a) == set(b) and not any(k.startswith("module.") for k in a)    # saved without DDP's prefix
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    # A bias that feeds a batch norm has no effect on the training loss (the norm removes any constant)
+    # and a true gradient of 0; Adam scales the rounding noise of that gradient up to lr-sized steps,
+    # so those biases (and the running means that follow them) drift apart. The rest agrees.
+    drift = {k for k in a if k.endswith((".conv.bias", "running_mean")) or k in ("fc_global.0.bias",
+                                                                                "fc_local.0.bias")}
+    assert len(drift) < len(a) / 2
+    for k in sorted(set(a) - drift):
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=5e-4, msg=k)
     # without SyncBatchNorm each process normalises its 8 images alone: a different computation
     plain = _history(ddp / "plain")[0]["loss"]
     assert abs(plain - want[0]["loss"]) > 1e-4 * want[0]["loss"]
@@ -255,8 +261,10 @@ def test_ddp_checkpoint_loads_and_resumes_in_one_process(ddp, single, tmp_path):
     shutil.copytree(ddp / "sync", tmp_path / "run")
     resumed = _run(None, tmp_path / "run", epochs=3, resume=True)     # root and data from run.json
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
-    for key in KEYS:          # epoch 3 on 1 process continues the plan of epochs 1-2 on 2
-        assert resumed.history[2][key] == pytest.approx(single["history"][2][key], rel=1e-5), key
+    # epoch 3 on 1 process continues the plan of epochs 1-2 on 2: the same batches, optimiser state
+    # and schedule; the weights of the two runs differ by rounding (above), so to 1e-3, not 1e-5
+    for key in KEYS:
+        assert resumed.history[2][key] == pytest.approx(single["history"][2][key], rel=1e-3), key
 
 
 @pytest.mark.slow
@@ -265,8 +273,9 @@ def test_single_process_checkpoint_resumes_on_two_processes(noise_root, single, 
     proc = _torchrun(__file__, "resume3", str(noise_root), str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = _history(tmp_path / "run")
-    for key in KEYS:
-        assert got[2][key] == pytest.approx(single["history"][2][key], rel=1e-5), key
+    assert [r["epoch"] for r in got] == [1, 2, 3] and got[:2] == single["history"][:2]
+    for key in KEYS:          # the 2-process epoch 3 continues the 1-process run (see above)
+        assert got[2][key] == pytest.approx(single["history"][2][key], rel=1e-3), key
 
 
 @pytest.mark.slow
@@ -322,7 +331,7 @@ def _worker(argv: list[str]) -> None:
     mode, root, out = argv[0], Path(argv[1]), Path(argv[2])
     if mode == "pair":
         _run(root, out / "sync", epochs=2, sync_bn=True)
-        _run(root, out / "plain", epochs=1)
+        _run(root, out / "plain", epochs=1, eval_every=0)
     elif mode == "pause":
         marker = Path(argv[3])
 
