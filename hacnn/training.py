@@ -19,11 +19,8 @@ the augmentation of :func:`hacnn.data.build_train_loader`, with any number of
 workers. A custom loader whose workers hold their own random streams
 restarts those streams on resume.
 
-Under torchrun the Trainer trains with DistributedDataParallel
-(:mod:`hacnn.distributed`: the global batch, the learning-rate rule,
-SyncBatchNorm): rank 0 alone logs, evaluates and writes checkpoints, the
-logged numbers are over the global batch, and a stop (NaN) is decided for all
-processes at once.
+Under torchrun it trains with DDP (:mod:`hacnn.distributed`: global batch, lr
+rule, SyncBatchNorm); rank 0 alone logs, evaluates and writes checkpoints.
 """
 from __future__ import annotations
 
@@ -346,8 +343,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """A hacnn checkpoint (``load_model`` reads it) plus the training state under ``"train"``.
 
-        In a multi-process run every process must call it (it gathers each
-        rank's RNG state into ``train["rng_ranks"]``); rank 0's is complete.
+        Under DDP every process calls it (rank 0 gathers all RNG states).
         """
         rng = get_rng_state()
         rng_ranks = distributed.gather_to_main(rng)
