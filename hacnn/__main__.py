@@ -9,6 +9,7 @@ Examples::
     python -m hacnn train --dataset cuhk03-pair --root ~/data/cuhk03_pair1
     python -m hacnn train --out runs/market --resume
     python -m hacnn train --recipe adam-cosine --time-budget 20m --out runs/budget
+    torchrun --nproc_per_node 4 -m hacnn train --dataset market1501 --root ~/data --sync-bn
     python -m hacnn evaluate --weights runs/market/best.pth --dataset market1501 --flip
     python -m hacnn convert --from-torchreid hacnn_market.pth.tar --out hacnn_market.pth
     python -m hacnn extract --weights best.pth --images gallery/ --out gallery.npz
@@ -97,6 +98,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-every", type=int, help="evaluate every N epochs and after the last "
                    "(0: never; default: 10)")
     t.add_argument("--seed", type=int, help="seed of everything (default: 0)")
+    t.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun: batch norm over the global batch (SyncBatchNorm), so N "
+                   "processes train like one; --batch-size and --lr are always the global batch's")
     t.add_argument("--workers", type=int, help="data loader processes (default: cores - 1, at most 4)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     m = p.add_argument_group("model ablations (paper Table 6)")
@@ -116,12 +120,18 @@ def _duration(text: str) -> float:
 def _train_keywords(args: argparse.Namespace) -> dict:
     keys = ("recipe", "epochs", "batch_size", "num_instances", "lr", "weight_decay",
             "label_smoothing", "amp", "channels_last", "grad_clip", "eval_every", "seed", "workers",
-            "time_budget", "schedule", "warmup")
+            "time_budget", "schedule", "warmup", "sync_bn")
     return {k: getattr(args, k) for k in keys}
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``train``: one run into ``--out`` (never over an existing run without --resume/--force)."""
+    """``train``: one run into ``--out`` (never over an existing run without --resume/--force).
+
+    Under torchrun (``torchrun --nproc_per_node N -m hacnn train ...``; multi-node: torchrun's
+    ``--nnodes``, ``--node_rank``, ``--master_addr``, ``--master_port``) each process trains its
+    share of every global batch with DDP (:mod:`hacnn.distributed`); rank 0 prints and writes.
+    """
+    from . import distributed
     from .experiment import ABLATIONS, format_result, run_experiment
 
     dataset = args.dataset or DEFAULT_DATASET
@@ -129,10 +139,16 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--quick trains on the synthetic benchmark; drop --dataset or --quick")
     out = args.out or Path("runs") / ("quick" if args.quick else f"{dataset}-{args.recipe or 'adam'}")
     model = {field: False for flag, field in ABLATIONS.items() if getattr(args, flag)}
-    result = run_experiment(dataset, out, root=args.root, synthetic_size=args.synthetic_size,
-                            quick=args.quick, resume=args.resume, force=args.force, model=model,
-                            device=args.device, progress=not args.no_progress, verbose=True,
-                            dataset_options=_dataset_options(args), **_train_keywords(args))
+    try:
+        result = run_experiment(dataset, out, root=args.root, synthetic_size=args.synthetic_size,
+                                quick=args.quick, resume=args.resume, force=args.force, model=model,
+                                device=args.device, progress=not args.no_progress, verbose=True,
+                                dataset_options=_dataset_options(args), **_train_keywords(args))
+        main = distributed.is_main()
+    finally:
+        distributed.cleanup()
+    if not main:                                    # under torchrun: rank 0 reports
+        return 0
     print(f"run folder: {result.out_dir} ({len(result.history)} epochs)")
     if result.final:
         print(format_result(result.final, f"final (epoch {result.final['epoch']}):"))
@@ -295,12 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DatasetLayoutError, ImageReadError
+    from .distributed import DistributedInitError
     from .training import NonFiniteLossError
 
     try:
         return args.func(args)
     except (FileExistsError, FileNotFoundError, CheckpointError, DatasetLayoutError,
-            NonFiniteLossError, ValueError, ImageReadError, ModuleNotFoundError) as e:
+            NonFiniteLossError, DistributedInitError, ValueError, ImageReadError, ModuleNotFoundError) as e:
         print(f"hacnn {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -155,7 +155,10 @@ class TrainConfig:
     ``grad_clip``: max global gradient norm (None: off).
     ``eval_every``: evaluate every N epochs and after the last (0: never).
     ``num_instances``: images per identity in a batch (the P x K identity
-    sampler of ``hacnn.data``).
+    sampler of ``hacnn.data``). ``batch_size`` and ``lr`` are those of the
+    global batch in a multi-process run (torchrun; not scaled with the number
+    of processes); ``sync_bn`` normalises batch norm over the global batch
+    there (no effect in one process). See :mod:`hacnn.distributed`.
     """
 
     recipe: str = "adam"
@@ -178,6 +181,7 @@ class TrainConfig:
     schedule: str | None = None            # None: the recipe's, else "step" with milestones, else "constant"
     warmup: float | None = None            # fraction of the run; None: the recipe's, else 0
     time_budget: float | None = None       # seconds of training; None: epochs only
+    sync_bn: bool = False                  # multi-process runs: batch norm over the global batch
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:

@@ -10,6 +10,11 @@ can call::
 ``quick=True`` is the preset the notebooks and CI use: the ``small``
 synthetic benchmark, 4 epochs, Adam 1e-3, fp32 (:data:`QUICK_TRAIN`), about
 3 minutes on 2 CPU cores.
+
+Under torchrun (``torchrun --nproc_per_node N -m hacnn train ...``) every
+process calls :func:`run_experiment`; it joins the process group that
+torchrun's environment describes (:func:`hacnn.distributed.init_from_env`,
+left up for the caller) and trains with DDP on the same global batches.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import load_model, safe_load
 from .config import HACNNConfig, TrainConfig
 from .model import HACNN
@@ -112,13 +118,15 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     (dataset, model, training; only ``epochs`` may be raised); ``force``
     overwrites a previous run in ``out_dir``. ``dataset_options`` are reader
     keywords (e.g. ``pattern``, ``test_ids`` for ``"folder"``), kept in run.json.
+    Under torchrun each process runs this; rank 0 generates missing synthetic data, writes
+    and evaluates.
     """
     from .data import build_train_loader
 
     # Everything that can fail on bad input (settings, data, model) is checked before the
     # run folder is made or a previous run deleted: a failed start leaves the folder as it was.
     out = prepare_run_folder(out_dir, resume=resume, force=force, check_only=True)
-    device = resolve_device(device)
+    device = distributed.init_from_env(resolve_device(device))      # cuda:LOCAL_RANK under torchrun
     ckpt = None
     if resume:
         ckpt = safe_load(out / LAST)
@@ -137,20 +145,25 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
             train = {**QUICK_TRAIN, **{k: v for k, v in train.items() if v is not None}}
         train_cfg = TrainConfig(**{k: v for k, v in train.items() if v is not None})
         model_cfg = model if isinstance(model, HACNNConfig) else HACNNConfig(**(model or {}))
+    distributed.check_batch(train_cfg.batch_size, train_cfg.sync_bn)   # before any data is read
     seed_everything(train_cfg.seed, train_cfg.deterministic)
-    data = load_dataset(dataset, root, synthetic_size=synthetic_size, **(dataset_options or {}))
+    # rank 0 first (it may generate the synthetic data); the barrier also puts every process's
+    # check of out_dir above before rank 0 writes to it below
+    with distributed.main_first():
+        data = load_dataset(dataset, root, synthetic_size=synthetic_size, **(dataset_options or {}))
     net = HACNN(data.num_train_pids, config=model_cfg)
     h, w = net.config.input_size
     train_loader = build_train_loader(data, train_cfg.batch_size, train_cfg.num_instances, height=h,
                                       width=w, workers=train_cfg.workers, seed=train_cfg.seed)
     query, gallery = _test_loaders(data, net.config, test_batch_size, train_cfg.workers)
-    out = prepare_run_folder(out, resume=resume, force=force)
+    if distributed.is_main():
+        prepare_run_folder(out, resume=resume, force=force)
     evaluator = make_evaluator(query, gallery, device=device, protocol=protocol_of(dataset, data))
     trainer = Trainer(net, train_loader, train_cfg, out, evaluator=evaluator, device=device,
                       progress=progress, verbose=verbose, overwrite=force)
     if ckpt is not None:
         trainer.resume(ckpt)
-    else:
+    elif distributed.is_main():
         info = {"dataset": dataset, "root": None if root is None else str(root),
                 "synthetic_size": synthetic_size, "num_train_pids": data.num_train_pids,
                 **({"dataset_options": dataset_options} if dataset_options else {})}

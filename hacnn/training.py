@@ -21,6 +21,9 @@ process or is a function of ``(seed, epoch, draw)``: the identity sampler and
 the augmentation of :func:`hacnn.data.build_train_loader`, with any number of
 workers. A custom loader whose workers hold their own random streams
 restarts those streams on resume.
+
+Under torchrun it trains with DDP (:mod:`hacnn.distributed`: global batch, lr
+rule, SyncBatchNorm); rank 0 alone logs, evaluates and writes checkpoints.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, load_weights, safe_load
 from .config import TrainConfig
 from .logging_utils import CSV_NAME, EVAL_COLUMNS, JSON_NAME, rss_mb, write_logs
@@ -163,7 +167,8 @@ class Trainer:
         evaluator: ``model -> dict`` with at least ``"mAP"`` (see
             :func:`make_evaluator`); run every ``config.eval_every`` epochs
             and after the last; ``best.pth`` follows its mAP.
-        device: ``torch.device`` or string; None = CUDA if available.
+        device: ``torch.device`` or string; None = CUDA if available
+            (``cuda:LOCAL_RANK`` in a multi-process run).
         progress: tqdm progress bars (loss and accuracy so far).
         verbose: one summary line per epoch (default: same as ``progress``).
         overwrite: allow a fresh run over a folder that holds one.
@@ -178,18 +183,20 @@ class Trainer:
                  out_dir: str | Path = "runs/hacnn", *, evaluator: Callable | None = None,
                  device: str | torch.device | None = None, progress: bool = True,
                  verbose: bool | None = None, overwrite: bool = False):
-        self.device = resolve_device(device)
+        self.device = distributed.local_device(resolve_device(device))
         cfg = config or TrainConfig()
         self.config = cfg = replace(cfg, amp=resolve_amp(cfg.amp, self.device))   # "auto" resolved
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError(f"amp='fp16' needs a CUDA device (got {self.device}); use amp='bf16' on CPU")
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        # model: the bare network (saved, evaluated, optimised); net: DDP(model) under torchrun
+        self.model, self.net = distributed.wrap_model(
+            model.to(self.device, memory_format=self.memory_format), self.device, cfg.sync_bn)
         self.train_loader = train_loader
         self.out_dir = Path(out_dir)
         self.evaluator = evaluator
-        self.progress = progress
-        self.verbose = progress if verbose is None else verbose
+        self.progress = progress and distributed.is_main()
+        self.verbose = (progress if verbose is None else verbose) and distributed.is_main()
         self.overwrite = overwrite
         self.criterion = HACNNLoss(cfg.label_smoothing)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -233,35 +240,35 @@ class Trainer:
             images = batch[0].to(dev, non_blocking=True, memory_format=self.memory_format)
             pids = torch.as_tensor(batch[1]).to(dev, non_blocking=True)   # (B,)
             with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.model(images)                                    # HACNNOutput
+                out = self.net(images)                                      # HACNNOutput
             loss = self.criterion(out, pids)
-            total = loss.total.item()
-            if not math.isfinite(total):
-                self._stop(f"non-finite loss ({total}) at epoch {epoch}, iteration {it}")
+            b, has_local = len(pids), loss.local_loss is not None
+            # this step's sums over the global batch (all processes): one decision on a NaN for all
+            step = distributed.sum_over_ranks([
+                loss.total.item() * b, loss.global_loss.item() * b,
+                (out.global_logits.argmax(1) == pids).sum().item(),
+                loss.local_loss.item() * b if has_local else 0.0,
+                (out.local_logits.argmax(1) == pids).sum().item() if has_local else 0.0, b])
+            if not math.isfinite(step[0]):
+                self._stop(f"non-finite loss ({step[0] / step[-1]}) at epoch {epoch}, iteration {it}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss.total).backward()
             if cfg.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
-                norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)  # of all-reduced grads
                 if not self.scaler.is_enabled() and not torch.isfinite(norm):
                     self._stop(f"non-finite gradient norm ({norm.item()}) at epoch {epoch}, iteration {it}")
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            b = len(pids)
-            n += b
-            loss_sum += total * b
-            loss_g_sum += loss.global_loss.item() * b
-            correct_g += (out.global_logits.argmax(1) == pids).sum().item()
-            if loss.local_loss is not None:
-                loss_l_sum += loss.local_loss.item() * b
-                correct_l += (out.local_logits.argmax(1) == pids).sum().item()
+            loss_sum, loss_g_sum, correct_g, loss_l_sum, correct_l, n = (
+                a + s for a, s in zip((loss_sum, loss_g_sum, correct_g, loss_l_sum, correct_l, n), step))
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct_g / n:.1f}%", refresh=False)
             lr = self.optimizer.param_groups[0]["lr"]        # this step's (the log shows the last)
             self._after_step()
         if n == 0:
             raise ValueError("the training loader yielded no batch (fewer images than one batch?)")
         elapsed = time.perf_counter() - start
-        has_local, nan = loss.local_loss is not None, float("nan")
+        nan = float("nan")
         return {"epoch": epoch, "loss": loss_sum / n, "loss_global": loss_g_sum / n,
                 "loss_local": loss_l_sum / n if has_local else nan,
                 "acc_global": correct_g / n, "acc_local": correct_l / n if has_local else nan,
@@ -292,15 +299,20 @@ class Trainer:
         if self.plan["total_steps"] is None and self.config.time_budget is not None:
             self._step_ends.append(time.perf_counter())
             if self.step == self.plan["offset"]:
-                try:
-                    plan = plan_budget(self.config, self.steps_per_epoch, self._step_ends, self._start)
-                except ValueError as e:
-                    self._write_logs("stopped", str(e))
-                    raise
+                plan, error = distributed.run_on_main(self._plan_budget)    # one plan for every process
+                if error is not None:
+                    self._write_logs("stopped", str(error))
+                    raise error
                 self.scheduler.plan = plan
                 self._print(f"time budget {plan['time_budget_s']:g} s at {plan['step_time_s']:.3g} s/step: "
                             f"{plan['total_steps']} steps, {plan['epochs']} epochs (ends by {plan['bound']})")
         self.scheduler.step()
+
+    def _plan_budget(self) -> tuple[dict | None, ValueError | None]:
+        try:
+            return plan_budget(self.config, self.steps_per_epoch, self._step_ends, self._start), None
+        except ValueError as e:          # e.g. BudgetError: raised on every process, not only rank 0
+            return None, e
 
     def _should_eval(self, epoch: int) -> bool:
         every = self.config.eval_every          # under a time budget: the last epoch only
@@ -312,13 +324,18 @@ class Trainer:
         """Train from ``self.epoch`` to the plan's end; returns the per-epoch history."""
         cfg = self.config
         if self.epoch == 0 and not self._resumed:
-            prepare_run_folder(self.out_dir, force=self.overwrite, files=TRAINER_FILES)
-            seed_everything(cfg.seed, cfg.deterministic)
+            prepare_run_folder(self.out_dir, force=self.overwrite, files=TRAINER_FILES, check_only=True)
+            distributed.barrier()                  # every process checked before rank 0 writes
+            if distributed.is_main():
+                prepare_run_folder(self.out_dir, force=self.overwrite, files=TRAINER_FILES)
+            seed_everything(cfg.seed + distributed.get_rank(), cfg.deterministic)
         self._write_logs("running")
         precision = f"{cfg.amp} autocast" if cfg.amp else "fp32"
         layout = "channels_last" if cfg.channels_last else "NCHW"
         if self.epoch < self.plan["epochs"]:
-            self._print(f"training on {self.device} in {precision}, {layout}: epochs {self.epoch + 1}-"
+            world = distributed.get_world_size()
+            where = f"{world} processes ({self.device.type})" if world > 1 else self.device
+            self._print(f"training on {where} in {precision}, {layout}: epochs {self.epoch + 1}-"
                         f"{self.plan['epochs']}" + (f" (time budget {cfg.time_budget:g} s; the first "
                         f"{self.plan['offset']} steps measure the throughput at lr 0)"
                         if self.plan["total_steps"] is None and cfg.time_budget else ""))
@@ -326,16 +343,17 @@ class Trainer:
         while self.epoch < self.plan["epochs"]:
             row = self.train_epoch()
             if self._should_eval(row["epoch"]):
-                row.update(self.evaluate())
+                row.update(distributed.run_on_main(self.evaluate))     # rank 0 evaluates
             self.epoch = row["epoch"]
             self.history.append(row)
             improved = "mAP" in row and row["mAP"] > self.best_map
             if improved:
                 self.best_map, self.best_epoch = row["mAP"], self.epoch
             payload = self.state_dict()
-            atomic_save(payload, self.out_dir / LAST)
-            if improved:
-                atomic_save(payload, self.out_dir / BEST)
+            if distributed.is_main():
+                atomic_save(payload, self.out_dir / LAST)
+                if improved:
+                    atomic_save(payload, self.out_dir / BEST)
             self._write_logs("running")
             self._print(_summary(row, self.plan["epochs"]))
         self._write_logs("finished")
@@ -355,6 +373,8 @@ class Trainer:
             tqdm.write(line)
 
     def _write_logs(self, status: str, message: str = "") -> None:
+        if not distributed.is_main():
+            return
         model_cfg = self.model.config.to_dict() if hasattr(self.model, "config") else None
         write_logs(self.out_dir, self.history, status=status, message=message,
                    model_config=model_cfg, train_config=self.config.to_dict(), plan=self.plan)
@@ -362,7 +382,12 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """A hacnn checkpoint (``load_model`` reads it) plus the training state under ``"train"``."""
+        """A hacnn checkpoint (``load_model`` reads it) plus the training state under ``"train"``.
+
+        Under DDP every process calls it (rank 0 gathers all RNG states).
+        """
+        rng = get_rng_state()
+        rng_ranks = distributed.gather_to_main(rng)
         return {
             "format": FORMAT, "version": VERSION,
             "config": self.model.config.to_dict() if hasattr(self.model, "config") else None,
@@ -371,9 +396,11 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "plan": dict(self.plan),
                 "config": self.config.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": get_rng_state(),
+                "scaler": self.scaler.state_dict(), "rng": rng,
                 "data": get_data_state(self.train_loader), "history": self.history,
                 "best_map": self.best_map, "best_epoch": self.best_epoch,
+                "world_size": distributed.get_world_size(),
+                **({"rng_ranks": rng_ranks} if rng_ranks else {}),
             },
         }
 
@@ -400,7 +427,12 @@ class Trainer:
                      "this model")
         self.optimizer.load_state_dict(train["optimizer"])
         self.scaler.load_state_dict(train["scaler"])
-        set_rng_state(train["rng"])
+        world, saved_world = distributed.get_world_size(), int(train.get("world_size", 1))
+        ranks = train.get("rng_ranks") or [train["rng"]]
+        set_rng_state(ranks[distributed.get_rank()] if len(ranks) == world else train["rng"])
+        if saved_world != world:
+            self._print(f"resuming a run of {saved_world} process(es) on {world}: the same global batches "
+                        "and learning rate (bitwise only on the same number of processes)")
         set_data_state(self.train_loader, train["data"])
         self.epoch = int(train["epoch"])
         self.step = int(train.get("step", self.epoch * (self.steps_per_epoch or 0)))  # older: whole epochs

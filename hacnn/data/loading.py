@@ -14,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from ..distributed import get_rank, get_world_size
 from .base import Item, ReIDDataset
 from .sampler import RandomIdentitySampler
 from .transforms import build_transforms, to_tensor
@@ -111,12 +112,14 @@ class EpochKeyedSampler(RandomIdentitySampler):
     """:class:`RandomIdentitySampler` that yields ``(index, epoch, position)`` draws.
 
     The epoch and position travel with each index into the worker process,
-    so :class:`ImageDataset` derives the draw's augmentation from them.
+    so :class:`ImageDataset` derives the draw's augmentation from them. The
+    position is the one in the global epoch plan, so a multi-process run
+    augments every draw as a single process does.
     """
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         epoch = self.epoch                  # read on the first item, as the parent draws it
-        for position, index in enumerate(super().__iter__()):
+        for position, index in self._shard():
             yield index, epoch, position
 
 
@@ -150,7 +153,8 @@ def _loader(data: ImageDataset, batch_size: int, workers: int | None, seed: int,
 def build_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size: int = 32,
                        num_instances: int = 4, *, height: int = 160, width: int = 64,
                        transform: Callable | None = None, workers: int | None = None,
-                       seed: int = 0, **transform_kwargs) -> DataLoader:
+                       seed: int = 0, world_size: int | None = None, rank: int | None = None,
+                       **transform_kwargs) -> DataLoader:
     """Training batches of P = batch_size / num_instances ids x K images.
 
     ``dataset`` is a reader (its ``.train`` is used) or a list of items.
@@ -159,12 +163,17 @@ def build_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size: int = 
     ``loader.sampler`` (``loader.sampler.set_epoch(e)`` pins an epoch's
     order). With the same ``seed``, batches and augmentations repeat exactly,
     whatever the number of ``workers``, and continue exactly after a resume.
+    ``batch_size`` is the global batch: in a multi-process run (``world_size``
+    and ``rank`` default to the process group's, :mod:`hacnn.distributed`)
+    each process loads its ``batch_size / world_size`` images of it.
     """
     items = _items(dataset, "train")
     if transform is None:
         transform = build_transforms(height, width, train=True, **transform_kwargs)
-    sampler = EpochKeyedSampler(items, batch_size, num_instances, seed=seed)
-    return _loader(ImageDataset(items, transform, seed=seed), batch_size, workers, seed,
+    sampler = EpochKeyedSampler(items, batch_size, num_instances, seed=seed,
+                                world_size=get_world_size() if world_size is None else world_size,
+                                rank=get_rank() if rank is None else rank)
+    return _loader(ImageDataset(items, transform, seed=seed), sampler.local_batch_size, workers, seed,
                    persistent=True, sampler=sampler, drop_last=True)
 
 

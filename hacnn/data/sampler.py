@@ -6,6 +6,11 @@ for Person Re-Identification" (arXiv 2017), as torchreid's
 identity appears in every epoch, every batch holds exactly P distinct
 identities with K images each, and the order is a function of
 ``(seed, epoch)`` alone.
+
+In a multi-process run (:mod:`hacnn.distributed`) the epoch plan is the
+same global plan for every world size; process ``rank`` of ``world_size``
+takes its slice of every global batch, so the processes' images in a step
+never overlap and together are the single-process batch.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from ..distributed import shard_size
 from .base import Item
 
 
@@ -39,10 +45,14 @@ class RandomIdentitySampler(Sampler[int]):
         batch_size: P x K; must be a multiple of ``num_instances``.
         num_instances: K, images per identity in a batch.
         seed: base seed; epoch ``e`` draws from ``(seed, e)``.
+        world_size, rank: this process's share of every global batch of
+            ``batch_size`` images: images ``rank * b .. (rank + 1) * b - 1``
+            with ``b = batch_size / world_size`` (the local batch size); the
+            world size must divide ``batch_size``.
     """
 
     def __init__(self, items: Sequence[Item], batch_size: int = 32, num_instances: int = 4,
-                 seed: int = 0) -> None:
+                 seed: int = 0, *, world_size: int = 1, rank: int = 0) -> None:
         if num_instances < 1 or batch_size % num_instances:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of "
                              f"num_instances ({num_instances})")
@@ -56,6 +66,10 @@ class RandomIdentitySampler(Sampler[int]):
         if len(self.pids) < self.num_pids_per_batch:
             raise ValueError(f"{len(self.pids)} identities cannot fill a batch of "
                              f"{self.num_pids_per_batch} distinct identities")
+        self.local_batch_size = shard_size(batch_size, world_size)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        self.world_size, self.rank = world_size, rank
         self.seed, self.epoch = seed, 0
         groups = sum(-(-len(ix) // num_instances) for ix in self.indices)
         self.num_batches = -(-groups // self.num_pids_per_batch)
@@ -64,7 +78,7 @@ class RandomIdentitySampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_batches * self.batch_size
+        return self.num_batches * self.local_batch_size
 
     def _draw(self, rng: np.random.Generator, pid_index: int) -> np.ndarray:
         """K distinct images of one identity; all of them, plus repeats, if it has fewer."""
@@ -110,7 +124,13 @@ class RandomIdentitySampler(Sampler[int]):
             out.append([int(i) for _, group in batch for i in group])
         return [out[i] for i in rng.permutation(num_batches)]
 
-    def __iter__(self) -> Iterator[int]:
+    def _shard(self) -> Iterator[tuple[int, int]]:
+        """This epoch's ``(position in the global epoch, index)`` draws of this rank; advances the epoch."""
         batches = self.batches()
         self.epoch += 1
-        return (index for batch in batches for index in batch)
+        size, start = self.local_batch_size, self.rank * self.local_batch_size
+        return ((b * self.batch_size + j, batch[j]) for b, batch in enumerate(batches)
+                for j in range(start, start + size))
+
+    def __iter__(self) -> Iterator[int]:
+        return (index for _, index in self._shard())
