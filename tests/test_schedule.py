@@ -8,9 +8,7 @@ test depends on how fast this machine is.
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from hacnn.config import RECIPES, TrainConfig
 from hacnn.logging_utils import read_log
 from hacnn.schedule import (BudgetError, build_scheduler, lr_at, make_plan, parse_duration,
                             plan_budget, predict_total_steps)
-from test_training import _pause_after, _run_script, tiny_loader, tiny_trainer
+from test_training import _kill_in_epoch_2, _pause_after, _run_script, tiny_loader, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PEAK = 1e-3
@@ -292,17 +290,8 @@ def test_a_loader_without_length_trains_at_constant_lr_and_refuses_a_planned_sch
 @pytest.mark.slow
 def test_resume_after_sigkill_continues_the_saved_time_budget_plan(tmp_path):
     """Killed in epoch 2, resumed without measuring again: the uninterrupted run's weights, bitwise."""
-    full, killed, marker = tmp_path / "full", tmp_path / "killed", tmp_path / "mid_epoch_2"
-    proc = _run_script(killed, "--pause-in-epoch-2", str(marker), wait=False, script=__file__)
-    reference = _run_script(full, script=__file__)
-    assert reference.returncode == 0, reference.stderr
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None, proc.communicate()[1].decode()
-        assert time.monotonic() < deadline, "the killed run never reached epoch 2"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _kill_in_epoch_2(killed, full, tmp_path / "mid_epoch_2", script=__file__)
     saved = safe_load(killed / "last.pth")["train"]
     assert saved["epoch"] == 1 and saved["plan"]["total_steps"] == 10   # the plan came with epoch 1
     resumed = _run_script(killed, "--resume", script=__file__)         # its prediction would raise

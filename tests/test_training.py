@@ -255,11 +255,10 @@ def _run_script(out_dir: Path, *extra: str, wait: bool = True, script: str = __f
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_resume_after_sigkill_reproduces_uninterrupted_run(tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    marker = tmp_path / "mid_epoch_2"
-    proc = _run_script(killed, "--pause-in-epoch-2", str(marker), wait=False)
-    reference = _run_script(full)                         # uninterrupted, meanwhile
+def _kill_in_epoch_2(killed: Path, full: Path, marker: Path, script: str = __file__) -> None:
+    """Run ``script`` into ``full`` uninterrupted and into ``killed`` until SIGKILL in epoch 2."""
+    proc = _run_script(killed, "--pause-in-epoch-2", str(marker), wait=False, script=script)
+    reference = _run_script(full, script=script)          # uninterrupted, meanwhile
     assert reference.returncode == 0, reference.stderr
     deadline = time.monotonic() + 60
     while not marker.exists():
@@ -268,6 +267,11 @@ def test_resume_after_sigkill_reproduces_uninterrupted_run(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def test_resume_after_sigkill_reproduces_uninterrupted_run(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _kill_in_epoch_2(killed, full, tmp_path / "mid_epoch_2")
     assert safe_load(killed / "last.pth")["train"]["epoch"] == 1     # epoch 2 never saved
     resumed = _run_script(killed, "--resume")
     assert resumed.returncode == 0, resumed.stderr
