@@ -251,3 +251,52 @@ def _load(out: Path) -> dict:
     from hacnn.checkpoint import safe_load
 
     return safe_load(out / "last.pth")["model"]
+
+
+# ----------------------------------------------------------------------------- wiring: config, CLI, experiment
+
+def test_cli_flag_reaches_the_train_config():
+    import argparse
+
+    from hacnn.__main__ import _train_arguments, _train_keywords
+
+    parser = argparse.ArgumentParser()
+    _train_arguments(parser)
+    assert _train_keywords(parser.parse_args(["--data-cache", "memory"]))["data_cache"] == "memory"
+    assert _train_keywords(parser.parse_args([]))["data_cache"] is None          # TrainConfig's default
+    assert TrainConfig().data_cache == "none"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data-cache", "gpu"])
+
+
+def test_the_run_cache_key_ignores_the_data_cache():
+    from hacnn.reproduce import config_hash, run_config
+
+    assert config_hash(run_config(quick=True, data_cache="memory")) == config_hash(run_config(quick=True))
+    assert config_hash(run_config(quick=True, seed=1)) != config_hash(run_config(quick=True))
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.filterwarnings("ignore::hacnn.data.DatasetCountWarning")
+def test_experiment_with_the_cache_trains_as_without(tmp_path):
+    from fixtures import make_market1501
+    from hacnn.experiment import run_experiment
+
+    spec = {"bounding_box_train": [(pid, 1 + i % 3) for pid in (2, 4, 6, 8, 9) for i in range(3)],
+            "query": [(1, 1), (3, 2)], "bounding_box_test": [(1, 2), (3, 3), (5, 1)]}
+    root = make_market1501(tmp_path / "data", spec=spec)
+    rng = np.random.default_rng(1)
+    for path in (root / "bounding_box_train").glob("*.jpg"):       # texture, so flips and shifts show
+        Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(path)
+    kw = dict(root=root, model=TINY_MODEL, workers=0, epochs=2, eval_every=2, batch_size=8, num_instances=2,
+              lr=1e-3, amp="none", progress=False, verbose=False)
+    plain = run_experiment("market1501", tmp_path / "plain", **kw)
+    cached = run_experiment("market1501", tmp_path / "cached", data_cache="memory", **kw)
+    assert isinstance(cached.trainer.train_loader, CachedBatches)
+    assert isinstance(plain.trainer.train_loader, DataLoader)
+    for key in ("loss", "acc_global", "loss_local"):
+        assert [r[key] for r in cached.history] == [r[key] for r in plain.history], key
+    assert cached.final["mAP"] == plain.final["mAP"] and cached.final["epoch"] == 2
+    resumed = run_experiment("market1501", tmp_path / "cached", resume=True, epochs=3, data_cache="none",
+                             **{k: v for k, v in kw.items() if k in ("root", "progress", "verbose")})
+    assert isinstance(resumed.trainer.train_loader, DataLoader) and len(resumed.history) == 3
