@@ -11,16 +11,20 @@ each sample's flip, translation and random erasing with the train
 transform's own parameter code from the same per-sample seed (``(seed,
 epoch, position, index)``, :func:`hacnn.data.loading.sample_seed`); it
 applies them to the whole batch as one gather and one normalisation, on the
-training device. Resize, flip, zero-pad and crop commute exactly on uint8
-pixels, so its batches equal the default loader's bit for bit: caching is a
+training device. The train transform resizes first and its flip, zero-pad
+and crop only move uint8 pixels, so caching the resized images is exact and
+the batches equal the default loader's bit for bit: caching is a
 speed setting (``TrainConfig.data_cache``) that leaves a run's numbers
 unchanged, whatever the batch, world size or (absent) worker count.
 
-The cache is stored NCHW (what the resize yields); the gather reads it as
-``(B, H, W, C)``, so batches come out channels_last without a copy (measured
-on 2,000 images at 160x64, batch 32, one thread: 9.9 ms per batch from NCHW,
-12.0 ms from NHWC, within the noise of shared cores; the per-sample slicing
-of the test's reference: 2.4 ms on CPU, but one launch per image on a GPU).
+The cache is stored NCHW (what the resize yields) and a batch is cropped
+and flipped by one ``torch.gather`` over each image's flattened pixels, then
+normalised NCHW and made channels_last. Measured on 2,000 cached images at
+160x64, batch 32, one thread of a shared CPU: this gather 2.3 ms per batch;
+advanced indexing ``images[b, :, rows, cols]``, which yields channels_last
+directly, 9 ms from NCHW and 12 ms from NHWC storage; the float conversion
+and normalisation ~5 ms; the per-sample draws 2.3 ms (17 ms when seeded
+through ``torch.manual_seed``, which also visits every other device).
 """
 from __future__ import annotations
 
@@ -184,7 +188,8 @@ class TensorAugment:
         rows = []
         with torch.random.fork_rng(devices=[]):
             for position, index in zip(positions, indices):
-                torch.manual_seed(sample_seed(seed, epoch, int(position), int(index)))
+                # the CPU stream torch.manual_seed seeds (v2 draws from it), without its per-device calls
+                torch.default_generator.manual_seed(sample_seed(seed, epoch, int(position), int(index)))
                 row = [0] * 7
                 for step in self.random_steps:
                     if isinstance(step, v2.RandomCrop):
@@ -217,12 +222,14 @@ class TensorAugment:
         cols = left + torch.arange(w, device=dev) - self.pad[0]                    # (B, W)
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
         cols = torch.where(flip, w - 1 - cols, cols)
-        batch = torch.arange(b, device=dev)[:, None, None]
-        x = images[batch, :, rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
-        x = (x * inside[..., None]).permute(0, 3, 1, 2)           # (B, 3, H, W), channels_last strides
-        x = F.to_dtype(x if channels_last else x.contiguous(), torch.float32, scale=True)
+        source = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]   # (B, H, W)
+        x = images.reshape(b, 3, h * w).gather(2, source.view(b, 1, h * w).expand(b, 3, h * w))
+        x = x.view(b, 3, h, w) * inside[:, None]                                   # uint8 (B, 3, H, W)
+        x = F.to_dtype(x, torch.float32, scale=True)
         if self.normalize is not None:
             x = F.normalize(x, *self.normalize)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if not erasing:
             return x
         i, j, eh, ew = (params[:, k, None, None] for k in range(3, 7))
