@@ -131,7 +131,7 @@ def main(argv=None) -> None:
     amp = resolve_amp_name(device)
     print(f"# training data, {a.dataset}" + (f" {a.size}" if a.dataset == "synthetic" else "") +
           f" ({len(data.train)} train images), batch {a.batch}, {h}x{w}, {workers} loader workers, "
-          f"{device} -- {machine()}")
+          f"{device}, training path {amp} -- {machine()}")
     mib = caches["memory"].nbytes / 2**20
     print(f"cache build: {len(data.train)} images in {build_s:.1f} s ({len(data.train) / build_s:.0f} img/s), "
           f"{mib:.0f} MiB")
@@ -144,7 +144,7 @@ def main(argv=None) -> None:
         base = train_rate["loader"]
         for name, rate in train_rate.items():
             ratio = "" if name == "loader" else f"   ratio vs today's end-to-end: {rate / base:.2f}x"
-            print(f"{'(c) training epoch, ' + name + ', ' + amp:44s} {rate:9.1f} img/s{ratio}")
+            print(f"{'(c) training epoch, ' + name:44s} {rate:9.1f} img/s{ratio}")
         for mode in caches:
             share = train_rate[f"cache ({mode})"] / data_rate[f"cache ({mode})"]
             print(f"cache ({mode}) share of a training step: {100 * share:.1f} % "
