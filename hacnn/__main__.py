@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import RECIPES
+from .config import DATA_CACHES, RECIPES
 from .schedule import SCHEDULES, parse_duration
 from .training import RUN_JSON
 
@@ -102,6 +102,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="under torchrun: batch norm over the global batch (SyncBatchNorm), so N "
                    "processes train like one; --batch-size and --lr are always the global batch's")
     t.add_argument("--workers", type=int, help="data loader processes (default: cores - 1, at most 4)")
+    t.add_argument("--data-cache", choices=DATA_CACHES, default=None,
+                   help="decode the training images once into a uint8 tensor in host memory or on the "
+                        "device and augment batches as tensor ops (the same batches; default: none)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     m = p.add_argument_group("model ablations (paper Table 6)")
     m.add_argument("--no-local", action="store_true", help="global stream only (no local branch)")
@@ -120,7 +123,7 @@ def _duration(text: str) -> float:
 def _train_keywords(args: argparse.Namespace) -> dict:
     keys = ("recipe", "epochs", "batch_size", "num_instances", "lr", "weight_decay",
             "label_smoothing", "amp", "channels_last", "grad_clip", "eval_every", "seed", "workers",
-            "time_budget", "schedule", "warmup", "sync_bn")
+            "time_budget", "schedule", "warmup", "sync_bn", "data_cache")
     return {k: getattr(args, k) for k in keys}
 
 

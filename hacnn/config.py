@@ -118,6 +118,7 @@ RECIPES: dict[str, dict] = {
 # Fields a recipe may leave out, and their values then.
 RECIPE_FALLBACKS = {"warmup": 0.0, "label_smoothing": 0.0}
 AMP_MODES = ("auto", None, "none", "bf16", "fp16")
+DATA_CACHES = ("none", "memory", "device")     # TrainConfig.data_cache (hacnn.data.tensor_cache)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,11 @@ class TrainConfig:
     weights NHWC: the same losses to float32 rounding, about 1.3x faster on
     CPU (oneDNN) and what tensor cores want (``benchmarks/bench_training.py``).
     ``grad_clip``: max global gradient norm (None: off).
+    ``data_cache``: ``"none"`` decodes and transforms every image every epoch
+    (:func:`hacnn.data.build_train_loader`); ``"memory"`` decodes the training
+    images once into a uint8 tensor in host memory, ``"device"`` on the
+    training device, and augments whole batches as tensor ops
+    (:mod:`hacnn.data.tensor_cache`): the same batches bit for bit, faster.
     ``eval_every``: evaluate every N epochs and after the last (0: never).
     ``num_instances``: images per identity in a batch (the P x K identity
     sampler of ``hacnn.data``). ``batch_size`` and ``lr`` are those of the
@@ -182,6 +188,7 @@ class TrainConfig:
     warmup: float | None = None            # fraction of the run; None: the recipe's, else 0
     time_budget: float | None = None       # seconds of training; None: epochs only
     sync_bn: bool = False                  # multi-process runs: batch norm over the global batch
+    data_cache: str = "none"               # "none", "memory" or "device": see above
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -201,6 +208,8 @@ class TrainConfig:
                              f"got {self.time_budget}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.data_cache not in DATA_CACHES:
+            raise ValueError(f"data_cache must be one of {DATA_CACHES}, got {self.data_cache!r}")
         if self.amp == "none":
             object.__setattr__(self, "amp", None)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

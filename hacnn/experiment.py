@@ -115,7 +115,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     keyword given as None keeps the preset's or ``TrainConfig``'s default
     (fp32 is ``amp="none"``; ``amp=None`` leaves the default, ``"auto"``).
     ``resume`` continues ``out_dir/last.pth`` with the saved settings
-    (dataset, model, training; only ``epochs`` may be raised); ``force``
+    (dataset, model, training; only ``epochs`` may be raised, ``data_cache`` changed); ``force``
     overwrites a previous run in ``out_dir``. ``dataset_options`` are reader
     keywords (e.g. ``pattern``, ``test_ids`` for ``"folder"``), kept in run.json.
     Under torchrun each process runs this; rank 0 generates missing synthetic data, writes
@@ -139,6 +139,8 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
         train_cfg = TrainConfig.from_dict(ckpt["train"]["config"])
         if train.get("epochs"):
             train_cfg = replace(train_cfg, epochs=train["epochs"])
+        if train.get("data_cache"):         # a speed setting: may change on resume
+            train_cfg = replace(train_cfg, data_cache=train["data_cache"])
     else:
         if quick:
             synthetic_size = synthetic_size or QUICK_DATA["synthetic_size"]
@@ -153,8 +155,14 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
         data = load_dataset(dataset, root, synthetic_size=synthetic_size, **(dataset_options or {}))
     net = HACNN(data.num_train_pids, config=model_cfg)
     h, w = net.config.input_size
-    train_loader = build_train_loader(data, train_cfg.batch_size, train_cfg.num_instances, height=h,
-                                      width=w, workers=train_cfg.workers, seed=train_cfg.seed)
+    loader = dict(height=h, width=w, workers=train_cfg.workers, seed=train_cfg.seed)
+    if train_cfg.data_cache == "none":
+        train_loader = build_train_loader(data, train_cfg.batch_size, train_cfg.num_instances, **loader)
+    else:           # decoded once, augmented as tensor ops: the same batches (hacnn.data.tensor_cache)
+        from .data.tensor_cache import build_cached_train_loader
+        train_loader = build_cached_train_loader(
+            data, train_cfg.batch_size, train_cfg.num_instances, cache=train_cfg.data_cache, device=device,
+            channels_last=train_cfg.channels_last, progress=progress and distributed.is_main(), **loader)
     query, gallery = _test_loaders(data, net.config, test_batch_size, train_cfg.workers)
     if distributed.is_main():
         prepare_run_folder(out, resume=resume, force=force)

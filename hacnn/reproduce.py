@@ -101,6 +101,7 @@ def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
         synthetic_size = synthetic_size or QUICK_DATA["synthetic_size"]
         train = {**QUICK_TRAIN, **train}
     train_cfg = TrainConfig(**train).to_dict()
+    train_cfg.pop("data_cache")                 # a speed setting: the same batches bit for bit
     train_cfg["amp"] = resolve_amp(train_cfg["amp"], device)      # "auto": what this device runs
     model_cfg = HACNNConfig(**(model or {})).to_dict()
     model_cfg.pop("num_classes")                                # comes from the data

@@ -420,7 +420,7 @@ class Trainer:
             raise CheckpointError(f"{path} holds weights only, no training state: it cannot be resumed")
         saved = TrainConfig.from_dict(train["config"])
         changed = {k for k, v in saved.to_dict().items() if self.config.to_dict()[k] != v}
-        if changed - {"epochs", "eval_every", "workers", "time_budget"}:
+        if changed - {"epochs", "eval_every", "workers", "time_budget", "data_cache"}:
             warnings.warn(f"resuming with settings that differ from the checkpoint's: {sorted(changed)}",
                           stacklevel=2)
         load_weights(self.model, ckpt["model"], "the checkpoint" if isinstance(path, dict) else path,

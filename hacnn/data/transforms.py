@@ -32,7 +32,7 @@ def build_transforms(height: int = 160, width: int = 64, train: bool = True, *,
     """
     from torchvision.transforms import v2  # on use: importing torchvision takes seconds
 
-    steps: list = [v2.ToImage(), v2.Resize((height, width), antialias=True)]
+    steps: list = list(resize_transform(height, width).transforms)
     if train and flip:
         steps.append(v2.RandomHorizontalFlip())
     if train and pad_crop and pad > 0:
@@ -43,6 +43,13 @@ def build_transforms(height: int = 160, width: int = 64, train: bool = True, *,
     if train and random_erasing:
         steps.append(v2.RandomErasing(p=0.5, value=0))
     return v2.Compose(steps)
+
+
+def resize_transform(height: int = 160, width: int = 64) -> "v2.Compose":
+    """PIL image -> uint8 tensor ``(3, height, width)``: the first steps of :func:`build_transforms`."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), v2.Resize((height, width), antialias=True)])
 
 
 def to_tensor() -> "v2.Compose":
