@@ -123,7 +123,7 @@ def make_plan(cfg: TrainConfig, steps_per_epoch: int | None, *, budget_steps: in
             sorted({max(1, round(m * (total - offset))) for m in cfg.milestones})
     scheduled = None if total is None else total - offset
     return {"schedule": cfg.schedule, "gamma": cfg.gamma, "bound": bound, "total_steps": total,
-            "epochs": cfg.epochs if total is None else -(-total // steps_per_epoch),
+            "epochs": cfg.epochs if not total else -(-total // steps_per_epoch),   # 0: an empty loader
             "steps_per_epoch": steps_per_epoch, "offset": offset,
             "warmup_steps": 0 if scheduled is None else _warmup_steps(cfg.warmup, scheduled),
             "milestone_steps": milestones, "time_budget_s": budget, "step_time_s": step_time_s}
