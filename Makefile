@@ -29,8 +29,9 @@ reproduce: $(STAMP)
 # depends on the machine that wrote it: the trainings are redone there (the
 # run cache is keyed by the kernel path), their numbers are asserted within a
 # band (hacnn.bands) instead of compared, and every other output must come
-# out the same. (tests/test_bands.py also trains the quick preset on 1 thread,
-# another kernel path, against the same band.)
+# out the same. Notebook 09 is left out of that pass (its 22 quick runs are
+# noise, only sanity-checked; ~3 min); tests/test_bands.py also trains the
+# quick preset on 1 thread, another kernel path, against the same band.
 # Last, the whole sequence once more as the main job runs it (papermill,
 # quick=True; the run cache makes the trainings that nbval did free).
 # The notebooks' figures go to a scratch folder so that figures/ keeps the
@@ -43,7 +44,7 @@ test: $(STAMP)
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 	  HACNN_FIGURES_DIR=$(CURDIR)/runs/nbval-figures $(NBVAL) && \
 	  echo "make test: nbval again under $(OTHER_ISA)" && \
-	  $(OTHER_ISA) HACNN_FIGURES_DIR=$(CURDIR)/runs/nbval-figures-avx2 $(NBVAL); \
+	  $(OTHER_ISA) HACNN_FIGURES_DIR=$(CURDIR)/runs/nbval-figures-avx2 $(NBVAL)/0[0-8]_*.ipynb; \
 	fi
 	HACNN_FIGURES_DIR=$(CURDIR)/runs/nbval-figures $(PY) -m hacnn reproduce --quick --force --out runs/test-quick-reproduce
 
