@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import statistics
 import time
@@ -18,13 +17,9 @@ warnings.filterwarnings("ignore", category=UserWarning)
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    from hacnn.reproducibility import cpu_model
+
+    return f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def torchreid_pair(num_classes: int = 751, seed: int = 0):

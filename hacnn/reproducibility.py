@@ -35,7 +35,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what ``platform`` says)."""
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -58,7 +59,7 @@ def kernel_path(device: str | torch.device = "cpu") -> dict:
                     card=torch.cuda.get_device_name(device) if torch.cuda.is_available() else None)
     else:
         isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-        path.update(cpu=_cpu_model(), aten_isa=torch.backends.cpu.get_cpu_capability(),
+        path.update(cpu=cpu_model(), aten_isa=torch.backends.cpu.get_cpu_capability(),
                     onednn_max_isa=isa.upper() if isa else None, threads=torch.get_num_threads())
     return path
 
