@@ -1,80 +1,180 @@
-"""Recipes under the same wall-clock budget: which one should be the default?
+"""Models and recipes under the same wall-clock budget: hacnn vs torchreid's HACNN, one change at a time.
 
-    python benchmarks/bench_budget.py --budget 20m --seeds 0 1 2        # 3 x 2 x 20 min + evaluations
-    python benchmarks/bench_budget.py --dataset market1501 --root ~/data --budget 2h --seeds 0
-    python benchmarks/bench_budget.py --quick                           # a check that it runs (~2 min)
+    # issue 16's table: real CUHK03 camera-pair crops, 10 minutes a run, 3 seeds
+    python benchmarks/bench_budget.py --dataset cuhk03-pair --root ../shared/data/cuhk03_pair1 \\
+        --budget 10m --seeds 0 1 2 --arms torchreid/adam hacnn/default
+    # the synthetic `small` benchmark at 5 minutes
+    python benchmarks/bench_budget.py --budget 5m --seeds 0 1 2 --arms torchreid/adam hacnn/default
+    # one change at a time: the same recipe, hacnn with torchreid's initialisation
+    python benchmarks/bench_budget.py ... --arms torchreid/adam hacnn/adam hacnn/adam/init=pytorch
+    python benchmarks/bench_budget.py --quick          # a check that it runs (~3 min)
 
-Each recipe (default: ``adam``, torchreid's constant Adam 3e-4, and
-``adam-cosine``, Adam 1e-3 with warm-up + cosine to 0 and label smoothing
-0.1) trains with ``--time-budget`` (hacnn.schedule: the throughput is
-measured over the first steps, then the run is planned to end with the
-budget) and is evaluated once at the end. It prints, per recipe, Rank-1 and
-mAP as mean +- sd over the seeds, with the plan each run made (steps, epochs,
-measured seconds per step). Recipes run interleaved by seed, so a machine
-that slows down mid-way hurts them alike. ``--quick``: the tiny synthetic
-benchmark, a reduced HA-CNN (widths 32/64/96), 20 s per run.
+An *arm* is ``MODEL/RECIPE[/key=value,...]``: ``MODEL`` is ``hacnn`` or
+``torchreid`` (torchreid's own HACNN code and initialisation, installed
+torchreid package, trained by hacnn's Trainer through
+``run_experiment(build_model=...)``: the same loader, augmentation, P x K
+batches, loss, schedule, bf16 autocast + channels_last and threads);
+``RECIPE`` names a recipe of ``hacnn.config.RECIPES`` (``default``: the
+package's); the optional ``key=value`` pairs override HACNNConfig fields
+(``init=pytorch``) or TrainConfig fields (``lr=1e-3``,
+``label_smoothing=0.1``, ``num_instances=1``: plain random batches).
+
+Every run trains with ``--time-budget`` (hacnn.schedule: throughput measured
+over the first steps, then the run planned to end with the budget, its lr
+schedule annealing at that end) and is evaluated once at the end. Runs are
+interleaved by seed (a machine that slows down mid-way hurts every arm alike)
+and cached in ``OUT/results.jsonl`` by arm, seed, budget, data and kernel
+path (hacnn.reproducibility.kernel_path), so a table can grow over several
+sittings and an arm that ran once is not run again. The table gives Rank-1
+and mAP as mean +- sd over seeds, epochs and end-to-end training images/s,
+and every arm's *paired* difference from the first arm with its 95 %
+Student-t interval (hacnn.stats).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, set_threads  # noqa: E402
+from common import TorchreidAsHACNN, machine, set_threads  # noqa: E402
 
-from hacnn.config import RECIPES  # noqa: E402
+from hacnn.config import RECIPES, HACNNConfig, TrainConfig  # noqa: E402
 from hacnn.experiment import DATASET_NAMES, run_experiment  # noqa: E402
+from hacnn.reproducibility import kernel_path  # noqa: E402
 from hacnn.schedule import parse_duration  # noqa: E402
+from hacnn.stats import paired_difference, summarize  # noqa: E402
 
 TINY_MODEL = {"channels": (32, 64, 96), "feat_dim": 64, "input_size": (32, 16),
               "local_sizes": ((8, 8), (4, 4), (2, 2))}
+MODEL_FIELDS = {f.name for f in dataclasses.fields(HACNNConfig)}
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):5.1f} +- {100 * sd:4.1f}"
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def parse_arm(arm: str) -> tuple[str, str, dict, dict]:
+    """``MODEL/RECIPE[/k=v,...]`` -> (model, recipe, HACNNConfig overrides, TrainConfig overrides)."""
+    parts = arm.split("/")
+    if len(parts) not in (2, 3) or parts[0] not in ("hacnn", "torchreid"):
+        raise ValueError(f"an arm is MODEL/RECIPE[/key=value,...] with MODEL hacnn or torchreid; got {arm!r}")
+    model, recipe = parts[0], parts[1]
+    if recipe != "default" and recipe not in RECIPES:
+        raise ValueError(f"arm {arm!r}: recipe must be 'default' or one of {sorted(RECIPES)}")
+    model_kw, train_kw = {}, {}
+    for pair in (parts[2].split(",") if len(parts) == 3 and parts[2] else []):
+        key, eq, text = pair.partition("=")
+        if not eq or key not in MODEL_FIELDS | TRAIN_FIELDS:
+            raise ValueError(f"arm {arm!r}: {pair!r} is not key=value with a HACNNConfig or TrainConfig field")
+        if model == "torchreid" and key in MODEL_FIELDS:
+            raise ValueError(f"arm {arm!r}: torchreid's model has no HACNNConfig field {key!r}")
+        (model_kw if key in MODEL_FIELDS else train_kw)[key] = _value(text)
+    if recipe != "default":
+        train_kw = {"recipe": recipe, **train_kw}
+    return model, recipe, model_kw, train_kw
+
+
+def run_arm(arm: str, seed: int, a, budget: float, size: str, cache: Path) -> dict:
+    key = {"arm": arm, "seed": seed, "budget_s": budget, "dataset": a.dataset,
+           "root": None if a.root is None else str(a.root.resolve()), "synthetic_size": size,
+           "data_cache": a.data_cache, "quick": a.quick, "kernel": kernel_path()}
+    if cache.is_file() and not a.force:
+        for line in cache.read_text().splitlines():
+            row = json.loads(line)
+            if row["key"] == key:
+                return row
+    model, _, model_kw, train_kw = parse_arm(arm)
+    model_cfg = {**(TINY_MODEL if a.quick else {}), **model_kw}
+    start = time.perf_counter()
+    run = run_experiment(a.dataset, a.out / arm.replace("/", "_").replace("=", "-") / f"s{seed}",
+                         root=a.root, synthetic_size=size, force=True, model=model_cfg or None,
+                         device=a.device, progress=False, verbose=False, seed=seed, time_budget=budget,
+                         eval_every=1, workers=a.workers, data_cache=a.data_cache,
+                         build_model=TorchreidAsHACNN if model == "torchreid" else None, **train_kw)
+    hist = [r for r in run.history if "epoch_time_s" in r]
+    images = sum(r["images_per_s"] * r["epoch_time_s"] for r in hist)
+    plan = run.trainer.plan
+    row = {"key": key, "rank1": 100 * run.final["rank1"], "mAP": 100 * run.final["mAP"],
+           "epochs": plan["epochs"], "steps": plan["total_steps"], "bound": plan["bound"],
+           "images_per_s": images / sum(r["epoch_time_s"] for r in hist),
+           "train_acc": 100 * hist[-1]["acc_global"], "recipe": run.trainer.config.recipe,
+           "lr": run.trainer.config.lr, "wall_s": time.perf_counter() - start,
+           "when": time.strftime("%Y-%m-%d %H:%M")}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with cache.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--recipes", nargs="+", default=["adam", "adam-cosine"], choices=sorted(RECIPES))
-    p.add_argument("--budget", type=parse_duration, default=None, help="per run (default: 20m; --quick: 20s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--arms", nargs="+", default=["torchreid/adam", "hacnn/default"],
+                   help="MODEL/RECIPE[/key=value,...]; differences are paired against the first")
+    p.add_argument("--budget", type=parse_duration, default=None, help="training time per run (default 10m)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--dataset", choices=DATASET_NAMES, default="synthetic")
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--synthetic-size", default=None, help="default: small (--quick: tiny)")
+    p.add_argument("--data-cache", choices=("none", "memory", "device"), default="none")
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/bench_budget"))
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--force", action="store_true", help="re-run arms found in OUT/results.jsonl")
+    p.add_argument("--table", type=Path, default=None, help="also write the table (Markdown) here")
+    p.add_argument("--quick", action="store_true", help="tiny synthetic set, reduced model, 20 s a run")
     a = p.parse_args(argv)
+    for arm in a.arms:          # every arm checked before anything runs
+        parse_arm(arm)
     set_threads(a.threads)
-    budget = a.budget or (20.0 if a.quick else 1200.0)
+    budget = a.budget or (20.0 if a.quick else 600.0)
     size = a.synthetic_size or ("tiny" if a.quick else "small")
-    print(f"{machine()}; {a.dataset}" + (f" ({size})" if a.dataset == "synthetic" else "")
-          + f", {budget:g} s per run, seeds {a.seeds}")
-    results: dict[str, list] = {r: [] for r in a.recipes}
+    print(f"{machine()}; {a.dataset}" + (f" ({size})" if a.dataset == "synthetic" else f" ({a.root})")
+          + f", {budget:g} s of training per run, seeds {a.seeds}", flush=True)
+    rows: dict[str, list[dict]] = {arm: [] for arm in a.arms}
     for seed in a.seeds:
-        for recipe in a.recipes:
-            start = time.perf_counter()
-            run = run_experiment(a.dataset, a.out / f"{recipe}-s{seed}", root=a.root, synthetic_size=size,
-                                 force=True, model=TINY_MODEL if a.quick else None, device=a.device,
-                                 progress=False, verbose=False, recipe=recipe, seed=seed,
-                                 time_budget=budget, eval_every=1, workers=a.workers)
-            plan = run.trainer.plan
-            results[recipe].append(run.final)
-            print(f"  {recipe:12s} seed {seed}: Rank-1 {100 * run.final['rank1']:5.1f}%  mAP "
-                  f"{100 * run.final['mAP']:5.1f}%  | {plan['total_steps']} steps, {plan['epochs']} epochs "
-                  f"at {plan['step_time_s']:.3g} s/step (ends by {plan['bound']}); "
-                  f"{time.perf_counter() - start:.0f} s with data and evaluation", flush=True)
-    print(f"\n{'recipe':12s} | Rank-1 (%)   | mAP (%)")
-    for recipe, rows in results.items():
-        print(f"{recipe:12s} | {_mean_sd([r['rank1'] for r in rows])} | {_mean_sd([r['mAP'] for r in rows])}")
+        for arm in a.arms:
+            r = run_arm(arm, seed, a, budget, size, a.out / "results.jsonl")
+            rows[arm].append(r)
+            print(f"  {arm:34s} seed {seed}: Rank-1 {r['rank1']:5.1f}  mAP {r['mAP']:5.1f} | {r['epochs']} "
+                  f"epochs, {r['images_per_s']:.0f} img/s, train acc {r['train_acc']:.0f}% "
+                  f"(ends by {r['bound']})", flush=True)
+    table = markdown_table(rows, a.arms[0])
+    note = f"{len(a.seeds)} seeds ({', '.join(map(str, a.seeds))}); differences paired by seed; " \
+           "an interval that excludes 0 is beyond seed noise"
+    print("\n" + table + "\n" + note)
+    if a.table is not None:
+        head = (f"`python benchmarks/{Path(__file__).name} {' '.join(argv if argv is not None else sys.argv[1:])}`"
+                f"\n\n{machine()}; {time.strftime('%Y-%m-%d')}; {budget:g} s of training per run.\n\n")
+        a.table.parent.mkdir(parents=True, exist_ok=True)
+        a.table.write_text(head + table + "\n" + note + "\n")
+        print(f"wrote {a.table}")
+
+
+def markdown_table(rows: dict[str, list[dict]], base: str) -> str:
+    """Rank-1 / mAP mean +- sd per arm and each arm's paired difference from ``base`` [95 % CI]."""
+    lines = [f"| arm | Rank-1 (%) | mAP (%) | epochs | img/s | Rank-1 - {base} [95 % CI] | "
+             f"mAP - {base} [95 % CI] |", "|---|---|---|---|---|---|---|"]
+    for arm, rs in rows.items():
+        r1, mp = [r["rank1"] for r in rs], [r["mAP"] for r in rs]
+        d1 = paired_difference(r1, [r["rank1"] for r in rows[base]])
+        dm = paired_difference(mp, [r["mAP"] for r in rows[base]])
+        epochs = summarize([r["epochs"] for r in rs]).mean
+        ips = summarize([r["images_per_s"] for r in rs]).mean
+        diffs = "baseline | baseline" if arm == base else f"{d1} | {dm}"
+        lines.append(f"| {arm} | {summarize(r1)} | {summarize(mp)} | {epochs:.1f} | {ips:.0f} | {diffs} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ def main(argv=None) -> None:
         print(f"ratio {k} / torchreid fp32: {rates[k] / base:.2f}x{goal}")
     print(f"ratio {BF16} / torchreid bf16 + channels_last: "
           f"{rates[BF16] / rates['torchreid bf16 + channels_last']:.2f}x")
+    fastest = max((k for k in rates if k.startswith("torchreid")), key=rates.get)
+    print(f"ratio hacnn default ({default}) / torchreid's fastest path here ({fastest}): "
+          f"{rates[default] / rates[fastest]:.2f}x (goal >= 1.5)")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,34 @@ def torchreid_pair(num_classes: int = 751, seed: int = 0):
 AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class TorchreidAsHACNN(torch.nn.Module):
+    """torchreid's HACNN (its code, its PyTorch-default init) behind hacnn's training interface.
+
+    Training mode returns :class:`hacnn.model.HACNNOutput` (global and local logits) so that
+    ``hacnn.training.Trainer`` trains it with the same data, loss, schedule and precision as
+    ours; eval mode returns torchreid's own 1024-d feature (each half L2-normalised).
+    """
+
+    def __init__(self, num_classes: int, config=None):
+        super().__init__()
+        from hacnn.config import HACNNConfig
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchreid.reid.models.hacnn import HACNN as TorchreidHACNN
+        self.config = HACNNConfig(num_classes=num_classes)    # input size etc. for the loaders
+        self.net = TorchreidHACNN(num_classes, use_gpu=False)
+
+    def forward(self, x):
+        from hacnn.model import HACNNOutput
+
+        out = self.net(x)
+        if self.training:
+            g, l = out
+            return HACNNOutput(g, l, None, None)
+        return out
+
+
 def channels_last_copy(model):
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
 

@@ -47,6 +47,9 @@ class HACNNConfig:
     # model state-dict compatible with torchreid's model-zoo checkpoints.
     attention_relu: bool = True
     normalize_features: bool = True  # L2-normalise each part of the eval feature
+    # Weight initialisation: "kaiming" (He et al. 2015, fan-out, for every conv) or
+    # "pytorch" (each layer's own default, as torchreid's HACNN is initialised).
+    init: str = "kaiming"
 
     def __post_init__(self) -> None:
         h, w = self.input_size
@@ -65,6 +68,8 @@ class HACNNConfig:
             )
         if self.num_regions < 1:
             raise ValueError(f"num_regions must be >= 1, got {self.num_regions}")
+        if self.init not in ("kaiming", "pytorch"):
+            raise ValueError(f"init must be 'kaiming' or 'pytorch', got {self.init!r}")
         for c in self.channels:
             if c % 4 or c % self.channel_reduction:
                 raise ValueError(
@@ -143,11 +148,12 @@ class TrainConfig:
     planned after measuring its throughput, for whichever ends first, the
     budget or ``epochs``, and the plan is saved for ``resume``.
 
-    ``amp``: ``"auto"`` (default) trains under bf16 autocast where the CPU
-    computes bf16 natively (AVX-512 BF16 or AMX: ~1.5x faster, the same
-    accuracy within seed noise) and in fp32 elsewhere, CUDA included (this
-    small model is launch-bound there and autocast does not pay; both measured
-    in benchmarks/README.md); the Trainer resolves it
+    ``amp``: ``"auto"`` (default) trains under bf16 autocast on a CPU where it
+    was measured faster (AMX-BF16, or AVX-512 BF16 on AMD: ~1.5x, the same
+    accuracy within seed noise; :func:`hacnn.training.bf16_training_pays`) and
+    in fp32 elsewhere: an Intel CPU with AVX-512 BF16 but no AMX (bf16 0.8x
+    fp32 there), CUDA (this small model is launch-bound there and autocast does
+    not pay; all measured in benchmarks/README.md); the Trainer resolves it
     (:func:`hacnn.training.resolve_amp`) and saves the resolved value. None or
     ``"none"``: fp32; ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a
     GradScaler). ``channels_last`` (default on) stores activations and

@@ -105,7 +105,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
                    quick: bool = False, resume: bool = False, force: bool = False,
                    model: HACNNConfig | dict | None = None, device: str | torch.device | None = None,
                    progress: bool = True, verbose: bool | None = None, test_batch_size: int = 128,
-                   dataset_options: dict | None = None, **train) -> RunResult:
+                   dataset_options: dict | None = None, build_model=None, **train) -> RunResult:
     """Train HA-CNN on ``dataset`` into ``out_dir`` and return its history and metrics.
 
     ``train`` keywords are :class:`TrainConfig` fields (``epochs``, ``lr``,
@@ -118,6 +118,9 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     (dataset, model, training; only ``epochs`` may be raised, ``data_cache`` changed); ``force``
     overwrites a previous run in ``out_dir``. ``dataset_options`` are reader
     keywords (e.g. ``pattern``, ``test_ids`` for ``"folder"``), kept in run.json.
+    ``build_model(num_classes, config)``, when given, makes the network in place of
+    ``HACNN`` (benchmarks train torchreid's HACNN through this very loop); it must return
+    :class:`HACNNOutput` in training mode and features in eval mode.
     Under torchrun each process runs this; rank 0 generates missing synthetic data, writes
     and evaluates.
     """
@@ -153,7 +156,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     # check of out_dir above before rank 0 writes to it below
     with distributed.main_first():
         data = load_dataset(dataset, root, synthetic_size=synthetic_size, **(dataset_options or {}))
-    net = HACNN(data.num_train_pids, config=model_cfg)
+    net = (build_model or HACNN)(data.num_train_pids, config=model_cfg)
     h, w = net.config.input_size
     loader = dict(height=h, width=w, workers=train_cfg.workers, seed=train_cfg.seed)
     if train_cfg.data_cache == "none":

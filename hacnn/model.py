@@ -98,8 +98,9 @@ class HACNN(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """``config.init``: "kaiming" re-draws every conv; "pytorch" keeps each layer's default."""
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and self.config.init == "kaiming":
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):

@@ -92,15 +92,37 @@ def native_bf16(device: str | torch.device | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def bf16_training_pays(device: str | torch.device | None = None, cpuinfo: str | None = None) -> bool:
+    """Whether bf16 autocast *trains* this model faster than fp32 + channels_last on ``device``.
+
+    Native bf16 is not enough. Measured training steps (benchmarks/bench_training.py, 2 cores,
+    benchmarks/README.md): an AMD EPYC with AVX-512 BF16, 59.0 vs 37.3 img/s (1.58x); an Intel
+    Xeon with AVX-512 BF16 but no AMX exposed, 27.3 vs 33.6 img/s (0.81x: oneDNN's AVX-512 BF16
+    convolution backward is slower than its fp32 one there). So: AMX-BF16 (Intel's bf16 matrix
+    units), or AVX-512 BF16 on an AMD CPU; never on CUDA (launch-bound at batch 32-64 on an H200).
+    ``cpuinfo``: the text of /proc/cpuinfo (read when None; elsewhere :func:`native_bf16` decides).
+    """
+    device = resolve_device(device)
+    if device.type != "cpu":
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return native_bf16(device)
+    flags = set(cpuinfo.split())
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and "AuthenticAMD" in flags)
+
+
 def resolve_amp(amp: str | None, device: str | torch.device | None = None) -> str | None:
     """``TrainConfig.amp`` for ``device``: ``"auto"`` becomes ``"bf16"`` on a CPU
-    with native bf16 (:func:`native_bf16`) and None (fp32) elsewhere, CUDA
-    included (autocast was slower there for this model at batch 32-64 on an
-    H200, benchmarks/README.md); ``"none"`` becomes None; others are kept.
+    where bf16 autocast trains faster (:func:`bf16_training_pays`) and None (fp32)
+    elsewhere, CUDA included (autocast was slower there for this model at batch
+    32-64 on an H200, benchmarks/README.md); ``"none"`` becomes None; others are kept.
     """
     if amp == "auto":
         device = resolve_device(device)
-        return "bf16" if device.type == "cpu" and native_bf16(device) else None
+        return "bf16" if device.type == "cpu" and bf16_training_pays(device) else None
     return None if amp == "none" else amp
 
 

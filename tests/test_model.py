@@ -205,6 +205,32 @@ def test_config_and_input_errors():
         HACNN(3).eval()(torch.randn(1, 3, 128, 64))
     cfg = HACNN(3, feat_dim=256).config
     assert HACNNConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="init must be 'kaiming' or 'pytorch'"):
+        HACNNConfig(init="xavier")
+
+
+@pytest.mark.parametrize("init", ["kaiming", "pytorch"])
+def test_init_modes(init):
+    """kaiming: N(0, 2 / fan_out) weights, zero biases; pytorch: each conv's default
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and biases (torchreid's HACNN)."""
+    torch.manual_seed(0)
+    model = HACNN(5, init=init)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() > 2000]
+    assert len(convs) > 20
+    for m in convs:
+        fan_in = m.weight[0].numel()
+        fan_out = m.weight.shape[0] * m.weight[0, 0].numel()
+        w = m.weight.detach()
+        if init == "kaiming":
+            assert w.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
+            assert torch.all(m.bias == 0)
+        else:
+            bound = fan_in ** -0.5
+            assert w.abs().max().item() <= bound and w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.15)
+            assert torch.all(m.bias.abs() <= bound) and m.bias.abs().max() > 0
+    # the hard attention starts on the four stripes either way
+    for ha in model.attention:
+        assert ha.hard.fc is not None and torch.all(ha.hard.fc.weight == 0)
 
 
 def test_explain_returns_maps_and_boxes(batch):

@@ -165,11 +165,11 @@ def test_channels_last_default_trains_like_contiguous(tmp_path):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, tmp_path, capsys, native):
+def test_amp_auto_is_bf16_only_where_bf16_training_pays(monkeypatch, tmp_path, capsys, native):
     import hacnn.training as training
     from hacnn.training import resolve_amp
 
-    monkeypatch.setattr(training, "native_bf16", lambda device=None: native)
+    monkeypatch.setattr(training, "bf16_training_pays", lambda device=None: native)
     assert TrainConfig().amp == "auto" and TrainConfig(amp="none").amp is None
     assert resolve_amp("auto", "cpu") == ("bf16" if native else None)
     assert resolve_amp("auto", "cuda") is None and resolve_amp("auto", "meta") is None   # fp32 off the CPU
@@ -312,6 +312,18 @@ def _pause_after(batches, steps: int, marker: Path):
             marker.touch()
             time.sleep(600)
         yield batch
+
+
+def test_bf16_training_pays_where_measured_faster():
+    from hacnn.training import bf16_training_pays
+
+    amd = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    intel = "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n"
+    assert bf16_training_pays("cpu", amd)                       # 1.58x measured
+    assert not bf16_training_pays("cpu", intel)                 # 0.81x measured: fp32 is faster
+    assert bf16_training_pays("cpu", intel.replace("avx512_fp16", "avx512_fp16 amx_bf16 amx_tile"))
+    assert not bf16_training_pays("cpu", amd.replace(" avx512_bf16", ""))   # no native bf16 at all
+    assert not bf16_training_pays("meta", amd)
 
 
 def test_native_bf16_only_on_devices_that_compute_bf16():
