@@ -110,7 +110,10 @@ def run_arm(arm: str, seed: int, a, budget: float, size: str, cache: Path) -> di
            "images_per_s": images / sum(r["epoch_time_s"] for r in hist),
            "train_acc": 100 * hist[-1]["acc_global"], "recipe": run.trainer.config.recipe,
            "lr": run.trainer.config.lr, "wall_s": time.perf_counter() - start,
-           "when": time.strftime("%Y-%m-%d %H:%M")}
+           "when": time.strftime("%Y-%m-%d %H:%M"),
+           # the learning curve (every epoch is evaluated; evaluation is outside the budget)
+           "curve": [{k: r.get(k) for k in ("epoch", "loss", "lr", "acc_global", "rank1", "mAP")}
+                     for r in run.history]}
     cache.parent.mkdir(parents=True, exist_ok=True)
     with cache.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -159,7 +162,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"\n\n{machine()}; {time.strftime('%Y-%m-%d')}; {budget:g} s of training per run.\n\n")
         a.table.parent.mkdir(parents=True, exist_ok=True)
         a.table.write_text(head + table + "\n" + note + "\n")
-        print(f"wrote {a.table}")
+        summary = {"command": head.split("`")[1], "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                   "budget_s": budget, "dataset": a.dataset, "seeds": a.seeds,
+                   "arms": {arm: {"rank1": summarize([r["rank1"] for r in rs])._asdict(),
+                                  "mAP": summarize([r["mAP"] for r in rs])._asdict(),
+                                  "runs": [{k: r[k] for k in ("rank1", "mAP", "epochs", "images_per_s")}
+                                           for r in rs]} for arm, rs in rows.items()}}
+        a.table.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {a.table} and {a.table.with_suffix('.json')}")
 
 
 def markdown_table(rows: dict[str, list[dict]], base: str) -> str:

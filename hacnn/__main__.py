@@ -111,6 +111,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-soft", action="store_true", help="no soft (spatial + channel) attention")
     m.add_argument("--no-hard", action="store_true", help="fixed stripes instead of learned regions")
     m.add_argument("--no-cail", action="store_true", help="no cross-attention interaction learning")
+    m.add_argument("--init", choices=("kaiming", "pytorch"), default=None,
+                   help="weight initialisation (HACNNConfig.init; default: kaiming)")
 
 
 def _duration(text: str) -> float:
@@ -142,6 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--quick trains on the synthetic benchmark; drop --dataset or --quick")
     out = args.out or Path("runs") / ("quick" if args.quick else f"{dataset}-{args.recipe or 'adam'}")
     model = {field: False for flag, field in ABLATIONS.items() if getattr(args, flag)}
+    if args.init is not None:
+        model["init"] = args.init
     try:
         result = run_experiment(dataset, out, root=args.root, synthetic_size=args.synthetic_size,
                                 quick=args.quick, resume=args.resume, force=args.force, model=model,

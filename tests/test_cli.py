@@ -30,7 +30,7 @@ def test_top_level_help_runs_as_module():
     ("train", ["--dataset", "--root", "--epochs", "--batch-size", "--lr", "--recipe", "--amp",
                "--eval-every", "--seed", "--workers", "--out", "--resume", "--force", "--quick",
                "--no-local", "--no-soft", "--no-hard", "--no-cail", "--grad-clip", "--channels-last",
-               "--time-budget", "--schedule", "--warmup"]),
+               "--time-budget", "--schedule", "--warmup", "--init"]),
     ("evaluate", ["--weights", "--dataset", "--rerank", "--flip"]),
     ("convert", ["--from-torchreid", "--to-torchreid", "--out"]),
     ("synth", ["--size", "--misalignment", "--seed", "--out"]),
@@ -117,6 +117,8 @@ def test_train_flags_reach_the_experiment(monkeypatch, tmp_path, capsys):
     assert calls[1]["quick"] is True and str(calls[1]["out_dir"]) == "runs/quick"
     assert calls[1]["amp"] is None                    # TrainConfig's default ("auto"; the quick preset: fp32)
     assert main(["train", "--amp", "none"]) == 0 and calls[2]["amp"] == "none"
+    assert main(["train", "--init", "pytorch", "--no-hard"]) == 0
+    assert calls[3]["model"] == {"hard_attention": False, "init": "pytorch"}
 
 
 def test_reproduce_runs_the_notebook_runner(monkeypatch, tmp_path):
