@@ -61,7 +61,7 @@ def _value(text: str):
             return cast(text)
         except ValueError:
             pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+    return {"true": True, "false": False}.get(text.lower(), text)     # "none" stays a string (amp=none: fp32)
 
 
 def parse_arm(arm: str) -> tuple[str, str, dict, dict]:
