@@ -71,13 +71,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def native_bf16(device: str | torch.device | None = None) -> bool:
-    """Whether ``device`` computes in bf16 natively, i.e. where ``amp="bf16"`` saves time.
+    """Whether ``device`` computes in bf16 natively (inference uses bf16 weights there).
 
     CUDA: a GPU with bf16 arithmetic (compute capability 8.0+). CPU: the
     AVX-512 BF16 or AMX-BF16 instructions (on Linux read from /proc/cpuinfo,
-    elsewhere oneDNN's bf16 check); on 2 cores of an AMD EPYC with AVX-512
-    BF16, autocast trains ~1.5x faster (benchmarks/README.md). Elsewhere bf16
-    is emulated and slower than fp32.
+    elsewhere oneDNN's bf16 check). Elsewhere bf16 is emulated and slower than
+    fp32. Whether bf16 autocast also *trains* faster is another question:
+    :func:`bf16_training_pays`.
     """
     device = resolve_device(device)
     if device.type == "cuda":

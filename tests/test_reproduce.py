@@ -92,7 +92,7 @@ def test_run_config_resolves_presets_and_hashes_switches():
 def test_run_config_keys_the_precision_the_device_will_run(monkeypatch, native):
     import hacnn.training
 
-    monkeypatch.setattr(hacnn.training, "native_bf16", lambda device=None: native)
+    monkeypatch.setattr(hacnn.training, "bf16_training_pays", lambda device=None: native)
     assert run_config("synthetic", quick=True)["train"]["amp"] is None          # the quick preset: fp32
     auto = run_config("synthetic", epochs=2)["train"]["amp"]
     assert auto == ("bf16" if native else None)
