@@ -84,12 +84,19 @@ def native_bf16(device: str | torch.device | None = None) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return False
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+    flags = _cpuinfo_words()
+    if flags is None:
         check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         return bool(check()) if check is not None else False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _cpuinfo_words() -> set[str] | None:
+    """The words of /proc/cpuinfo (its flags and vendor id), None where it cannot be read."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
 
 
 def bf16_training_pays(device: str | torch.device | None = None, cpuinfo: str | None = None) -> bool:
@@ -105,12 +112,9 @@ def bf16_training_pays(device: str | torch.device | None = None, cpuinfo: str | 
     device = resolve_device(device)
     if device.type != "cpu":
         return False
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return native_bf16(device)
-    flags = set(cpuinfo.split())
+    flags = _cpuinfo_words() if cpuinfo is None else set(cpuinfo.split())
+    if flags is None:
+        return native_bf16(device)
     return "amx_bf16" in flags or ("avx512_bf16" in flags and "AuthenticAMD" in flags)
 
 
