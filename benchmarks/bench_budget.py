@@ -20,11 +20,12 @@ package's); the optional ``key=value`` pairs override HACNNConfig fields
 ``label_smoothing=0.1``, ``num_instances=1``: plain random batches).
 
 Every run trains with ``--time-budget`` (hacnn.schedule: throughput measured
-over the first steps, then the run planned to end with the budget, its lr
-schedule annealing at that end) and is evaluated once at the end. Runs are
+over the first steps and again at the end of the warm-up or of the first
+epoch, then the run planned to end with the budget, its lr schedule
+annealing at that end) and is evaluated once at the end. Runs are
 interleaved by seed (a machine that slows down mid-way hurts every arm alike)
-and cached in ``OUT/results.jsonl`` by arm, seed, budget, data and kernel
-path (hacnn.reproducibility.kernel_path), so a table can grow over several
+and cached in ``OUT/results.jsonl`` by arm, seed, budget, data, planner and
+kernel path (hacnn.reproducibility.kernel_path), so a table can grow over several
 sittings and an arm that ran once is not run again. The table gives Rank-1
 and mAP as mean +- sd over seeds, epochs and end-to-end training images/s,
 and every arm's *paired* difference from the first arm with its 95 %
@@ -51,6 +52,9 @@ from hacnn.stats import paired_difference, summarize  # noqa: E402
 
 TINY_MODEL = {"channels": (32, 64, 96), "feat_dim": 64, "input_size": (32, 16),
               "local_sizes": ((8, 8), (4, 4), (2, 2))}
+# The time-budget planner of hacnn.schedule: rows of another planner train another number of
+# steps, so they are not reused (rows without the field: the 13-step plan of before 2026-12-01).
+PLANNER = {"planner": "measured twice"}
 MODEL_FIELDS = {f.name for f in dataclasses.fields(HACNNConfig)}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -86,7 +90,7 @@ def parse_arm(arm: str) -> tuple[str, str, dict, dict]:
 
 
 def run_arm(arm: str, seed: int, a, budget: float, size: str, cache: Path) -> dict:
-    key = {"arm": arm, "seed": seed, "budget_s": budget, "dataset": a.dataset,
+    key = {"arm": arm, "seed": seed, "budget_s": budget, "dataset": a.dataset, **PLANNER,
            "root": None if a.root is None else str(a.root.resolve()), "synthetic_size": size,
            "data_cache": a.data_cache, "quick": a.quick, "kernel": kernel_path()}
     if cache.is_file() and not a.force:

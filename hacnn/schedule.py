@@ -34,12 +34,22 @@ carry one-off costs (allocator, cuDNN autotuning, loader start-up) and are
 left out of the step time; :func:`predict_total_steps` then fits as many
 steps as the rest of the budget holds, the plan is fixed (before the first
 checkpoint) and the schedule starts from its step 0, as in an epoch-bounded
-run of that length. ``epochs`` (the recipe's unless given) still caps the
+run of that length. Ten steps are a short sample of a noisy machine (the
+plan of a 10-minute run on 2 cores came out up to 20 % long), so the plan is
+measured **once more**, over every step since the one-off costs, at the
+last step whose learning rate (and every earlier one) does not depend on
+the run's length (:func:`refine_at`): the end of the warm-up for
+``cosine`` and ``onecycle``, the end of the first epoch for ``constant``
+and ``step``, never past the end of the first epoch. There the length is
+predicted again (:func:`refine_budget`) and fixed for good; the warm-up
+keeps the steps it was planned with, so no step already taken would have
+had another learning rate. ``epochs`` (the recipe's unless given) still caps the
 run: whichever ends first. Evaluation is not part of the budget: under a
 time budget the run evaluates once, at its end (``eval_every > 0``), after
 the budget; per-epoch checkpoint writes are not predicted either (well under
-a second each for HA-CNN). A resumed run continues the saved plan: it is
-never measured again.
+a second each for HA-CNN). Both measurements end within the first epoch,
+so the first checkpoint holds the final plan, and a resumed run continues
+that saved plan: it is never measured again.
 """
 from __future__ import annotations
 
@@ -101,7 +111,9 @@ def make_plan(cfg: TrainConfig, steps_per_epoch: int | None, *, budget_steps: in
     (``T``), ``epochs`` (``ceil(T / steps_per_epoch)``; the last one may be
     partial), ``steps_per_epoch``, ``offset`` (measurement steps at lr 0),
     ``warmup_steps`` (``W``), ``milestone_steps`` (counted from ``offset``),
-    ``time_budget_s`` and ``step_time_s`` (measured).
+    ``time_budget_s``, ``step_time_s`` (measured) and ``refine_at`` (the
+    step count at which a time budget's plan is measured once more, None
+    once it is final: :func:`refine_at`).
     """
     budget = cfg.time_budget
     if steps_per_epoch is None:
@@ -122,11 +134,32 @@ def make_plan(cfg: TrainConfig, steps_per_epoch: int | None, *, budget_steps: in
         milestones = [] if total is None else \
             sorted({max(1, round(m * (total - offset))) for m in cfg.milestones})
     scheduled = None if total is None else total - offset
-    return {"schedule": cfg.schedule, "gamma": cfg.gamma, "bound": bound, "total_steps": total,
+    plan = {"schedule": cfg.schedule, "gamma": cfg.gamma, "bound": bound, "total_steps": total,
             "epochs": cfg.epochs if not total else -(-total // steps_per_epoch),   # 0: an empty loader
             "steps_per_epoch": steps_per_epoch, "offset": offset,
             "warmup_steps": 0 if scheduled is None else _warmup_steps(cfg.warmup, scheduled),
-            "milestone_steps": milestones, "time_budget_s": budget, "step_time_s": step_time_s}
+            "milestone_steps": milestones, "time_budget_s": budget, "step_time_s": step_time_s,
+            "refine_at": None}
+    if budget is not None and total is not None:
+        plan["refine_at"] = refine_at(plan)
+    return plan
+
+
+def refine_at(plan: dict) -> int | None:
+    """The step count after which a time budget's plan is measured once more (None: final).
+
+    The last step, within the first epoch and before the run's end, up to
+    which no learning rate depends on the run's length: the end of the
+    warm-up for ``cosine`` and ``onecycle`` (their decay spans the whole
+    run), the first milestone for ``step``, anywhere for ``constant``.
+    None when that leaves no step beyond the first measurement.
+    """
+    offset, total = plan["offset"], plan["total_steps"]
+    length_free = {"cosine": offset + plan["warmup_steps"], "onecycle": offset + plan["warmup_steps"],
+                   "step": offset + min(plan["milestone_steps"], default=total),
+                   "constant": total}[plan["schedule"]]
+    step = min(length_free, plan["steps_per_epoch"], total - 1)
+    return step if step > offset else None
 
 
 def predict_total_steps(step_ends: Sequence[float], start: float, budget_s: float,
@@ -162,6 +195,27 @@ def plan_budget(cfg: TrainConfig, steps_per_epoch: int, step_ends: Sequence[floa
                           f"that measure the throughput ({used:.3g} s, {step_s:.3g} s per step); "
                           f"give at least {used + 10 * step_s:.3g} s")
     return make_plan(cfg, steps_per_epoch, budget_steps=total, step_time_s=step_s)
+
+
+def refine_budget(cfg: TrainConfig, plan: dict, step_ends: Sequence[float], start: float) -> dict:
+    """The final plan of a time-budget run, measured again after ``plan["refine_at"]`` steps.
+
+    The step time is the mean over every step since the one-off costs
+    (:func:`predict_total_steps` on all of ``step_ends``); the warm-up keeps
+    the steps of ``plan`` (the steps taken followed it), milestones do not
+    move before the steps taken, and the run is at least one step longer
+    than its warm-up and the steps taken (a budget already spent ends at the
+    next step: the decay cannot be drawn in no time).
+    """
+    skip = measure_window(plan["steps_per_epoch"])[0]
+    done, offset, warmup = len(step_ends), plan["offset"], plan["warmup_steps"]
+    total, step_s = predict_total_steps(step_ends, start, cfg.time_budget, skip)
+    new = make_plan(cfg, plan["steps_per_epoch"], budget_steps=max(total, done + 1, offset + warmup + 1),
+                    step_time_s=step_s)
+    new["warmup_steps"] = warmup
+    new["milestone_steps"] = sorted({max(m, done - offset) for m in new["milestone_steps"]})
+    new["refine_at"] = None
+    return new
 
 
 # ----------------------------------------------------------------------------- the schedule

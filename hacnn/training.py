@@ -6,7 +6,7 @@ were not published; :data:`hacnn.config.RECIPES` holds known working
 recipes and :class:`hacnn.config.TrainConfig` explains the default (Adam).
 The learning rate follows a plan of the whole run, stepped per optimisation
 step (:mod:`hacnn.schedule`: constant, step, cosine, one-cycle; a time
-budget measured, then planned).
+budget measured, planned, and measured once more before its plan is final).
 
 A run folder holds ``last.pth`` (written after every epoch), ``best.pth``
 (best mAP so far), ``log.csv`` and ``log.json``. Checkpoints are written
@@ -44,7 +44,7 @@ from .config import TrainConfig
 from .logging_utils import CSV_NAME, EVAL_COLUMNS, JSON_NAME, rss_mb, write_logs
 from .losses import HACNNLoss
 from .reproducibility import get_data_state, get_rng_state, seed_everything, set_data_state, set_rng_state
-from .schedule import build_scheduler, lr_at, make_plan, plan_budget
+from .schedule import build_scheduler, lr_at, make_plan, plan_budget, refine_budget
 
 LAST, BEST = "last.pth", "best.pth"
 RUN_JSON = "run.json"                # what the run was trained on (written by hacnn.experiment)
@@ -320,25 +320,33 @@ class Trainer:
         return self.scheduler.plan
 
     def _after_step(self) -> None:
-        """Count the step, fix a time budget's plan after its measurement, set the next step's lr."""
+        """Count the step, plan a time budget (after its measurement, and once more), set the next lr."""
         self.step += 1
-        if self.plan["total_steps"] is None and self.config.time_budget is not None:
+        plan, cfg = self.plan, self.config
+        if cfg.time_budget is not None and (plan["total_steps"] is None or plan.get("refine_at")):
             self._step_ends.append(time.perf_counter())
-            if self.step == self.plan["offset"]:
-                plan, error = distributed.run_on_main(self._plan_budget)    # one plan for every process
-                if error is not None:
-                    self._write_logs("stopped", str(error))
-                    raise error
-                self.scheduler.plan = plan
-                self._print(f"time budget {plan['time_budget_s']:g} s at {plan['step_time_s']:.3g} s/step: "
-                            f"{plan['total_steps']} steps, {plan['epochs']} epochs (ends by {plan['bound']})")
+            if plan["total_steps"] is None and self.step == plan["offset"]:
+                self._fix_plan(lambda: plan_budget(cfg, self.steps_per_epoch, self._step_ends, self._start),
+                               "time budget")
+            elif self.step == plan.get("refine_at"):
+                self._fix_plan(lambda: refine_budget(cfg, plan, self._step_ends, self._start),
+                               f"re-measured over {self.step} steps")
         self.scheduler.step()
 
-    def _plan_budget(self) -> tuple[dict | None, ValueError | None]:
-        try:
-            return plan_budget(self.config, self.steps_per_epoch, self._step_ends, self._start), None
-        except ValueError as e:          # e.g. BudgetError: raised on every process, not only rank 0
-            return None, e
+    def _fix_plan(self, planner, what: str) -> None:
+        """The plan ``planner()`` returns, made on the main process, for every process."""
+        def plan_on_main() -> tuple[dict | None, ValueError | None]:
+            try:
+                return planner(), None
+            except ValueError as e:      # e.g. BudgetError: raised on every process, not only rank 0
+                return None, e
+        plan, error = distributed.run_on_main(plan_on_main)                # one plan for every process
+        if error is not None:
+            self._write_logs("stopped", str(error))
+            raise error
+        self.scheduler.plan = plan
+        self._print(f"{what}: {plan['time_budget_s']:g} s at {plan['step_time_s']:.3g} s/step: "
+                    f"{plan['total_steps']} steps, {plan['epochs']} epochs (ends by {plan['bound']})")
 
     def _should_eval(self, epoch: int) -> bool:
         every = self.config.eval_every          # under a time budget: the last epoch only

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import hacnn.schedule as schedule
 from hacnn.__main__ import build_parser
@@ -20,8 +21,8 @@ from hacnn.checkpoint import safe_load
 from hacnn.config import RECIPES, TrainConfig
 from hacnn.logging_utils import read_log
 from hacnn.schedule import (BudgetError, build_scheduler, lr_at, make_plan, parse_duration,
-                            plan_budget, predict_total_steps)
-from test_training import _kill_in_epoch_2, _pause_after, _run_script, tiny_loader, tiny_trainer
+                            plan_budget, predict_total_steps, refine_budget)
+from test_training import TinyReID, _kill_in_epoch_2, _pause_after, _run_script, tiny_loader, tiny_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PEAK = 1e-3
@@ -117,6 +118,48 @@ def test_step_schedule_under_a_time_budget_decays_at_fractions_of_the_planned_st
     assert plan["milestone_steps"] == [52, 78]
     assert [lr_at(13 + u, plan, 0.03) for u in (0, 51, 52, 77, 78, 103)] == \
         [0.03, 0.03, 0.03 * 0.1, 0.03 * 0.1, 0.03 * 0.1 * 0.1, 0.03 * 0.1 * 0.1]
+
+
+@pytest.mark.parametrize("kw, refine", [
+    ({"schedule": "cosine", "warmup": 0.05}, 13 + 29),         # the end of the warm-up: 5 % of 584
+    ({"schedule": "onecycle", "warmup": 0.05}, 13 + 29),
+    ({"schedule": "constant"}, 300),                            # the end of the first epoch
+    ({"schedule": "step", "milestones": (0.5, 0.75)}, 300),     # (the first milestone is at 292 + 13)
+    ({"schedule": "step", "milestones": (0.02,)}, 13 + 12),     # a milestone inside the first epoch
+    ({"schedule": "constant", "warmup": 0.1}, 300)])
+def test_the_plan_is_measured_once_more_without_changing_a_step_taken(kw, refine):
+    """13 steps at 0.5 s plan 597 steps; the later steps take 0.6 s, so the second measurement (every
+    step since the 3 with one-off costs) fits fewer; no step up to it changes its learning rate."""
+    cfg = TrainConfig(lr=PEAK, epochs=100, time_budget=300, **kw)
+    ends = [2.0 + 0.5 * i for i in range(13)]
+    first = plan_budget(cfg, 300, ends, start=0.0)
+    assert (first["total_steps"], first["refine_at"]) == (13 + 584, refine)    # 8 s spent, 292 s / 0.5 s
+    ends += [ends[-1] + 0.6 * i for i in range(1, refine - 13 + 1)]
+    final = refine_budget(cfg, first, ends, start=0.0)
+    step_s = (ends[-1] - ends[2]) / (refine - 3)                                # written out
+    assert final["step_time_s"] == pytest.approx(step_s, rel=1e-12)
+    assert final["total_steps"] == refine + math.floor((300 - ends[-1]) / step_s) < first["total_steps"]
+    assert final["refine_at"] is None and final["warmup_steps"] == first["warmup_steps"]
+    assert final["epochs"] == -(-final["total_steps"] // 300) and final["bound"] == "time"
+    assert [lr_at(s, final, PEAK) for s in range(refine)] == [lr_at(s, first, PEAK) for s in range(refine)]
+    assert all(m >= refine - 13 for m in final["milestone_steps"])
+    if kw["schedule"] == "cosine":
+        assert lr_at(final["total_steps"], final, PEAK) == 0.0                 # anneals at the new end
+        assert lr_at(final["total_steps"] - 1, final, PEAK) > 0.0
+
+
+def test_no_second_measurement_when_nothing_is_left_to_measure_and_a_spent_budget_ends_next_step():
+    ends = [2.0 + 0.5 * i for i in range(13)]
+    no_warmup = TrainConfig(schedule="cosine", epochs=100, time_budget=300)     # its decay starts at once
+    assert no_warmup.warmup == 0.0 and plan_budget(no_warmup, 20, ends, 0.0)["refine_at"] is None
+    assert plan_budget(TrainConfig(epochs=100, time_budget=300), 20, ends, 0.0)["refine_at"] == 20
+    assert plan_budget(TrainConfig(epochs=100, time_budget=300), 13, ends, 0.0)["refine_at"] is None
+    assert make_plan(TrainConfig(schedule="cosine", epochs=3), 20)["refine_at"] is None    # epoch-bounded
+    cfg = TrainConfig(schedule="cosine", warmup=0.1, epochs=100, time_budget=20)
+    first = plan_budget(cfg, 40, ends, 0.0)                  # 12 s left: 24 more steps, warm-up 2
+    assert (first["total_steps"], first["warmup_steps"], first["refine_at"]) == (37, 2, 15)
+    spent = refine_budget(cfg, first, ends + [30.0, 31.0], 0.0)   # 31 s of a 20 s budget gone
+    assert spent["total_steps"] == 16 and lr_at(16, spent, PEAK) == 0.0
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -215,6 +258,30 @@ def test_time_budget_run_follows_its_plan_evaluates_at_the_end_and_anneals(tmp_p
     ckpt = safe_load(tmp_path / "last.pth")["train"]
     assert ckpt["step"] == 10 and ckpt["plan"] == read_log(tmp_path)["plan"] == trainer.plan
     assert (ckpt["plan"]["total_steps"], ckpt["plan"]["bound"], ckpt["plan"]["offset"]) == (10, "time", 4)
+
+
+def test_a_time_budget_run_is_planned_again_at_the_end_of_its_warm_up(tmp_path, monkeypatch):
+    """16 steps an epoch: the first plan (40 steps, warm-up 5) is measured again after 16 steps (the
+    first epoch's end comes before the warm-up's), 30 steps fit; the log and checkpoint hold that."""
+    calls = []
+
+    def predict(step_ends, start, budget_s, skip=3):
+        calls.append((len(step_ends), skip))
+        return (40 if len(calls) == 1 else 30), 0.01
+    monkeypatch.setattr(schedule, "predict_total_steps", predict)
+    loader = DataLoader(TinyReID(), batch_size=2, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
+    trainer = tiny_trainer(tmp_path, loader=loader, batch_size=2, num_instances=2,
+                           **{**BUDGET_RUN, "warmup": 0.2})
+    history = trainer.fit()
+    assert calls == [(13, 3), (16, 3)]
+    w, t = 5, 17                                          # warm-up of the first plan; 30 - 13 steps
+    assert trainer.step == 30 and [r["epoch"] for r in history] == [1, 2]
+    assert [r["lr"] for r in history] == pytest.approx([PEAK * 3 / w, cosine(29 - 13, w, t)], rel=1e-12)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0
+    plan = safe_load(tmp_path / "last.pth")["train"]["plan"]
+    assert plan == read_log(tmp_path)["plan"] == trainer.plan
+    assert (plan["total_steps"], plan["warmup_steps"], plan["refine_at"], plan["epochs"]) == (30, 5, None, 2)
 
 
 def test_whichever_ends_first_epochs_bound_a_generous_budget(tmp_path, monkeypatch):
