@@ -111,6 +111,7 @@ def run_arm(arm: str, seed: int, a, budget: float, size: str, cache: Path) -> di
     plan = run.trainer.plan
     row = {"key": key, "rank1": 100 * run.final["rank1"], "mAP": 100 * run.final["mAP"],
            "epochs": plan["epochs"], "steps": plan["total_steps"], "bound": plan["bound"],
+           "steps_per_epoch": plan["steps_per_epoch"],
            "images_per_s": images / sum(r["epoch_time_s"] for r in hist),
            "train_acc": 100 * hist[-1]["acc_global"], "recipe": run.trainer.config.recipe,
            "lr": run.trainer.config.lr, "wall_s": time.perf_counter() - start,
@@ -170,10 +171,15 @@ def main(argv: list[str] | None = None) -> None:
                    "budget_s": budget, "dataset": a.dataset, "seeds": a.seeds,
                    "arms": {arm: {"rank1": summarize([r["rank1"] for r in rs])._asdict(),
                                   "mAP": summarize([r["mAP"] for r in rs])._asdict(),
-                                  "runs": [{k: r[k] for k in ("rank1", "mAP", "epochs", "images_per_s")}
-                                           for r in rs]} for arm, rs in rows.items()}}
+                                  "runs": [{**{k: r[k] for k in ("rank1", "mAP", "steps", "images_per_s")},
+                                            "epochs": _epochs(r)} for r in rs]} for arm, rs in rows.items()}}
         a.table.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
         print(f"wrote {a.table} and {a.table.with_suffix('.json')}")
+
+
+def _epochs(row: dict) -> float:
+    """Epochs trained, the last one counted in part (rows of before 2026-12-01: whole epochs begun)."""
+    return row["steps"] / row["steps_per_epoch"] if row.get("steps_per_epoch") else row["epochs"]
 
 
 def markdown_table(rows: dict[str, list[dict]], base: str) -> str:
@@ -184,7 +190,7 @@ def markdown_table(rows: dict[str, list[dict]], base: str) -> str:
         r1, mp = [r["rank1"] for r in rs], [r["mAP"] for r in rs]
         d1 = paired_difference(r1, [r["rank1"] for r in rows[base]])
         dm = paired_difference(mp, [r["mAP"] for r in rows[base]])
-        epochs = summarize([r["epochs"] for r in rs]).mean
+        epochs = summarize([_epochs(r) for r in rs]).mean
         ips = summarize([r["images_per_s"] for r in rs]).mean
         diffs = "baseline | baseline" if arm == base else f"{d1} | {dm}"
         lines.append(f"| {arm} | {summarize(r1)} | {summarize(mp)} | {epochs:.1f} | {ips:.0f} | {diffs} |")

@@ -35,7 +35,7 @@ left out of the step time; :func:`predict_total_steps` then fits as many
 steps as the rest of the budget holds, the plan is fixed (before the first
 checkpoint) and the schedule starts from its step 0, as in an epoch-bounded
 run of that length. Ten steps are a short sample of a noisy machine (the
-plan of a 10-minute run on 2 cores came out up to 20 % long), so the plan is
+plan of a 10-minute run on 2 cores came out up to 22 % long), so the plan is
 measured **once more**, over every step since the one-off costs, at the
 last step whose learning rate (and every earlier one) does not depend on
 the run's length (:func:`refine_at`): the end of the warm-up for
