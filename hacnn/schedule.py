@@ -40,7 +40,8 @@ measured **once more**, over every step since the one-off costs, at the
 last step whose learning rate (and every earlier one) does not depend on
 the run's length (:func:`refine_at`): the end of the warm-up for
 ``cosine`` and ``onecycle``, the end of the first epoch for ``constant``
-and ``step``, never past the end of the first epoch. There the length is
+and for ``step`` (its first milestone if that comes sooner), never past the
+end of the first epoch. There the length is
 predicted again (:func:`refine_budget`) and fixed for good; the warm-up
 keeps the steps it was planned with, so no step already taken would have
 had another learning rate. ``epochs`` (the recipe's unless given) still caps the
