@@ -1,18 +1,23 @@
 """CPU training-step speed: hacnn vs torchreid's HACNN (same weights, inputs, threads).
 
-    python benchmarks/bench_training.py [--batch 32] [--threads 2] [--repeats 5]
+    python benchmarks/bench_training.py [--batch 32] [--threads 2] [--repeats 5] [--compile]
 
 One step = forward in train mode, identity cross-entropy on both heads,
 backward, Adam update (lr 3e-4). Paths are timed round-robin in one process.
 hacnn's default training path (``TrainConfig()``, ``amp="auto"``) is bf16
 autocast + channels_last on a CPU that computes bf16 natively, fp32 +
 channels_last elsewhere; the goal's line names the one this machine takes.
+``--compile`` adds hacnn's two paths through ``torch.compile`` (inductor;
+``TrainConfig(compile=True)``), with the time its first step took (the
+compilation of forward and backward) and the images after which that
+one-off cost is paid back.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +36,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="also time hacnn through torch.compile")
     a = p.parse_args(argv)
     set_threads(a.threads)
     tr, ours = torchreid_pair(num_classes=200)
@@ -47,10 +53,25 @@ def main(argv=None) -> None:
         BF16: train_step_fn(cl(ours), x_cl, y, "bf16"),
     }
     default = BF16 if resolve_amp("auto", "cpu") == "bf16" else FP32     # TrainConfig() on this CPU
+    first_step_s = {}                                  # compiled paths: the first call compiles
+    if a.compile:
+        for name, amp in ((FP32, "fp32"), (BF16, "bf16")):
+            step = train_step_fn(torch.compile(cl(ours)), x_cl, y, amp)
+            start = time.perf_counter()
+            step()
+            first_step_s[f"{name} + compile"] = time.perf_counter() - start
+            paths[f"{name} + compile"] = step
     rates = interleaved_rates(paths, a.batch, repeats=a.repeats)
     print(f"# CPU training step (Adam, both heads), batch {a.batch}, 160x64 -- {machine()}")
     for k, v in rates.items():
         print(f"{k:42s} {v:8.1f} img/s{'  (default here)' if k == default else ''}")
+    for k, first in first_step_s.items():
+        eager = k.removesuffix(" + compile")
+        ratio = rates[k] / rates[eager]
+        gain = 1 / rates[eager] - 1 / rates[k]         # seconds saved per image once compiled
+        extra = first - a.batch / rates[k]             # the compilation: the first step less one step
+        pays = f"pays back after {extra / gain:,.0f} images" if gain > 0 else "never pays back"
+        print(f"ratio {k} / {eager}: {ratio:.2f}x; compilation {extra:.1f} s (first step), {pays}")
     base = rates["torchreid fp32"]
     for k in ("hacnn fp32 (NCHW)", FP32, BF16):
         goal = " (default training path here; goal >= 1.5)" if k == default else ""

@@ -89,6 +89,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: "
                    "the recipe's, else 0)")
+    t.add_argument("--triplet-weight", type=float, help="add this weight x the batch-hard triplet loss "
+                   "of each stream (Hermans et al. 2017; needs --num-instances >= 2; default: the "
+                   "recipe's, else 0: cross-entropy only, as the paper)")
     t.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default=None,
                    help="mixed precision: bf16 (CPU/CUDA), fp16 (CUDA) or none (default: auto = bf16 "
                    "autocast on a CPU where it trains faster (AMX, or AVX-512 BF16 on AMD), else fp32; --quick: none)")
@@ -105,6 +108,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--data-cache", choices=DATA_CACHES, default=None,
                    help="decode the training images once into a uint8 tensor in host memory or on the "
                         "device and augment batches as tensor ops (the same batches; default: none)")
+    t.add_argument("--compile", action="store_true", default=None,
+                   help="train through torch.compile (inductor): compiled on the first step, tens of "
+                        "seconds on a CPU; see benchmarks/bench_training.py --compile for whether it pays")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     m = p.add_argument_group("model ablations (paper Table 6)")
     m.add_argument("--no-local", action="store_true", help="global stream only (no local branch)")
@@ -125,7 +131,7 @@ def _duration(text: str) -> float:
 def _train_keywords(args: argparse.Namespace) -> dict:
     keys = ("recipe", "epochs", "batch_size", "num_instances", "lr", "weight_decay",
             "label_smoothing", "amp", "channels_last", "grad_clip", "eval_every", "seed", "workers",
-            "time_budget", "schedule", "warmup", "sync_bn", "data_cache")
+            "time_budget", "schedule", "warmup", "sync_bn", "data_cache", "compile", "triplet_weight")
     return {k: getattr(args, k) for k in keys}
 
 

@@ -121,7 +121,7 @@ RECIPES: dict[str, dict] = {
                     "label_smoothing": 0.1},
 }
 # Fields a recipe may leave out, and their values then.
-RECIPE_FALLBACKS = {"warmup": 0.0, "label_smoothing": 0.0}
+RECIPE_FALLBACKS = {"warmup": 0.0, "label_smoothing": 0.0, "triplet_weight": 0.0}
 AMP_MODES = ("auto", None, "none", "bf16", "fp16")
 DATA_CACHES = ("none", "memory", "device")     # TrainConfig.data_cache (hacnn.data.tensor_cache)
 
@@ -132,7 +132,7 @@ class TrainConfig:
 
     ``recipe`` fills every field left at ``None`` (``epochs``, ``lr``,
     ``weight_decay``, ``momentum``, ``milestones``, ``schedule``, ``warmup``,
-    ``label_smoothing``) from :data:`RECIPES`.
+    ``label_smoothing``, ``triplet_weight``) from :data:`RECIPES`.
     The default is ``"adam"``: it is the only recipe with a published
     reproduction that matches the paper's numbers (torchreid, 2018), it needs
     no schedule, and it is the less learning-rate-sensitive of the two on the
@@ -165,6 +165,15 @@ class TrainConfig:
     images once into a uint8 tensor in host memory, ``"device"`` on the
     training device, and augments whole batches as tensor ops
     (:mod:`hacnn.data.tensor_cache`): the same batches bit for bit, faster.
+    ``triplet_weight``: weight of the batch-hard triplet loss added to each
+    stream (``hacnn.losses.batch_hard_triplet``, margin ``triplet_margin`` on
+    L2-normalised features; needs ``num_instances >= 2``); 0: the paper's
+    cross-entropy alone.
+    ``compile``: train through ``torch.compile`` (inductor) of the network:
+    forward and backward are compiled on the first step (tens of seconds on
+    a CPU, counted in a time budget) and evaluation stays eager; the weights
+    and checkpoints are those of the plain model. Whether it pays is
+    measured in ``benchmarks/bench_training.py --compile``.
     ``eval_every``: evaluate every N epochs and after the last (0: never).
     ``num_instances``: images per identity in a batch (the P x K identity
     sampler of ``hacnn.data``). ``batch_size`` and ``lr`` are those of the
@@ -183,6 +192,8 @@ class TrainConfig:
     batch_size: int = 32
     num_instances: int = 4
     label_smoothing: float | None = None   # None: the recipe's, else 0
+    triplet_weight: float | None = None    # None: the recipe's, else 0 (cross-entropy only, the paper's)
+    triplet_margin: float = 0.3
     eval_every: int = 10
     seed: int = 0
     workers: int | None = None             # loader processes; None: hacnn.data's default
@@ -195,6 +206,7 @@ class TrainConfig:
     time_budget: float | None = None       # seconds of training; None: epochs only
     sync_bn: bool = False                  # multi-process runs: batch norm over the global batch
     data_cache: str = "none"               # "none", "memory" or "device": see above
+    compile: bool = False                  # torch.compile the training forward (and so its backward)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -226,6 +238,12 @@ class TrainConfig:
         if self.num_instances < 1 or self.batch_size % self.num_instances:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of "
                              f"num_instances ({self.num_instances})")
+        if self.triplet_weight < 0 or self.triplet_margin <= 0:
+            raise ValueError(f"triplet_weight must be >= 0 and triplet_margin > 0, got "
+                             f"{self.triplet_weight} and {self.triplet_margin}")
+        if self.triplet_weight and self.num_instances < 2:
+            raise ValueError(f"triplet_weight > 0 needs P x K batches with num_instances >= 2 "
+                             f"(images of each identity in a batch), got num_instances={self.num_instances}")
         if self.eval_every < 0 or (self.workers is not None and self.workers < 0):
             raise ValueError("eval_every and workers must be >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:

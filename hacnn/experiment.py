@@ -115,7 +115,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     keyword given as None keeps the preset's or ``TrainConfig``'s default
     (fp32 is ``amp="none"``; ``amp=None`` leaves the default, ``"auto"``).
     ``resume`` continues ``out_dir/last.pth`` with the saved settings
-    (dataset, model, training; only ``epochs`` may be raised, ``data_cache`` changed); ``force``
+    (dataset, model, training; only ``epochs`` may be raised, ``data_cache`` and ``compile`` changed); ``force``
     overwrites a previous run in ``out_dir``. ``dataset_options`` are reader
     keywords (e.g. ``pattern``, ``test_ids`` for ``"folder"``), kept in run.json.
     ``build_model(num_classes, config)``, when given, makes the network in place of
@@ -142,8 +142,9 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
         train_cfg = TrainConfig.from_dict(ckpt["train"]["config"])
         if train.get("epochs"):
             train_cfg = replace(train_cfg, epochs=train["epochs"])
-        if train.get("data_cache"):         # a speed setting: may change on resume
-            train_cfg = replace(train_cfg, data_cache=train["data_cache"])
+        for speed in ("data_cache", "compile"):      # speed settings: may change on resume
+            if train.get(speed) is not None:
+                train_cfg = replace(train_cfg, **{speed: train[speed]})
     else:
         if quick:
             synthetic_size = synthetic_size or QUICK_DATA["synthetic_size"]

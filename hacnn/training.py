@@ -218,13 +218,16 @@ class Trainer:
         # model: the bare network (saved, evaluated, optimised); net: DDP(model) under torchrun
         self.model, self.net = distributed.wrap_model(
             model.to(self.device, memory_format=self.memory_format), self.device, cfg.sync_bn)
+        # forward: what the training step calls (compiled on its first call when cfg.compile)
+        self.forward = torch.compile(self.net) if cfg.compile else self.net
         self.train_loader = train_loader
         self.out_dir = Path(out_dir)
         self.evaluator = evaluator
         self.progress = progress and distributed.is_main()
         self.verbose = (progress if verbose is None else verbose) and distributed.is_main()
         self.overwrite = overwrite
-        self.criterion = HACNNLoss(cfg.label_smoothing)
+        self.criterion = HACNNLoss(cfg.label_smoothing, triplet_weight=cfg.triplet_weight,
+                                   triplet_margin=cfg.triplet_margin)
         self.optimizer = build_optimizer(self.model, cfg)
         self.steps_per_epoch = _length(train_loader)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)  # .plan: the run
@@ -266,7 +269,7 @@ class Trainer:
             images = batch[0].to(dev, non_blocking=True, memory_format=self.memory_format)
             pids = torch.as_tensor(batch[1]).to(dev, non_blocking=True)   # (B,)
             with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.net(images)                                      # HACNNOutput
+                out = self.forward(images)                                  # HACNNOutput
             loss = self.criterion(out, pids)
             b, has_local = len(pids), loss.local_loss is not None
             # this step's sums over the global batch (all processes): one decision on a NaN for all

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from hacnn import HACNN
-from hacnn.losses import HACNNLoss, LossOutput, identity_cross_entropy
+from hacnn.config import TrainConfig
+from hacnn.losses import HACNNLoss, LossOutput, batch_hard_triplet, identity_cross_entropy
 from hacnn.model import HACNNOutput
 
 
@@ -85,3 +86,79 @@ def test_gradients_reach_both_heads():
 def test_invalid_smoothing():
     with pytest.raises(ValueError, match="label_smoothing"):
         HACNNLoss(label_smoothing=1.0)
+
+
+# ----------------------------------------------------------------------------- batch-hard triplet
+
+def _brute_force_triplet(f, y, margin):
+    """Eq. 5 of Hermans et al. by loops over every anchor, positive and negative."""
+    f = torch.nn.functional.normalize(f, dim=1)
+    terms = []
+    for a in range(len(y)):
+        pos = [float((f[a] - f[p]).norm()) for p in range(len(y)) if p != a and y[p] == y[a]]
+        neg = [float((f[a] - f[n]).norm()) for n in range(len(y)) if y[n] != y[a]]
+        if pos and neg:
+            terms.append(max(0.0, margin + max(pos) - min(neg)))
+    return sum(terms) / len(terms)
+
+
+def test_batch_hard_triplet_hand_computed():
+    # unit vectors at angles 0, 90 (id 0) and 180, 60 degrees (id 1); chord lengths 2 sin(d/2)
+    deg = torch.tensor([0.0, 90.0, 180.0, 60.0]) * math.pi / 180
+    f = torch.stack([deg.cos(), deg.sin()], 1) * torch.tensor([[1.0], [3.0], [0.5], [2.0]])  # norms ignored
+    y = torch.tensor([0, 0, 1, 1])
+    chord = lambda d: 2 * math.sin(math.radians(d) / 2)          # noqa: E731
+    # anchor 0: pos 90, nearest neg 60; anchor 1: pos 90, neg min(90, 30)=30;
+    # anchor 2: pos 120, neg min(180, 90)=90;   anchor 3: pos 120, neg min(60, 30)=30
+    m = 0.3
+    expected = (max(0, m + chord(90) - chord(60)) + max(0, m + chord(90) - chord(30))
+                + max(0, m + chord(120) - chord(90)) + max(0, m + chord(120) - chord(30))) / 4
+    assert batch_hard_triplet(f, y, m).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batch_hard_triplet_matches_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(12, 5, generator=g)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])        # id 3 has no positive: left out
+    assert batch_hard_triplet(f, y, 0.5).item() == pytest.approx(_brute_force_triplet(f, y, 0.5), abs=1e-5)
+
+
+def test_batch_hard_triplet_gradients_and_degenerate_batches():
+    f = torch.randn(6, 4, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    batch_hard_triplet(f, y, 2.0).backward()         # margin 2 > any chord: every anchor active
+    assert torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0
+    same = torch.ones(4, 4, requires_grad=True)      # identical features: distance 0, still finite
+    batch_hard_triplet(same, torch.tensor([0, 0, 1, 1])).backward()
+    assert torch.isfinite(same.grad).all()
+    alone = torch.randn(3, 4, requires_grad=True)    # no anchor has a positive: 0, with a graph
+    loss = batch_hard_triplet(alone, torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert loss.item() == 0.0 and (alone.grad == 0).all()
+
+
+def test_hacnn_loss_adds_weighted_triplet_per_stream():
+    g = torch.Generator().manual_seed(0)
+    logits_g, logits_l = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    feat_g, feat_l = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    y = torch.tensor([0, 0, 1, 1])
+    out = HACNNOutput(logits_g, logits_l, feat_g, feat_l)
+    got = HACNNLoss(triplet_weight=0.5, triplet_margin=0.3)(out, y)
+    ce = identity_cross_entropy(logits_g, y) + identity_cross_entropy(logits_l, y)
+    tri = batch_hard_triplet(feat_g, y, 0.3) + batch_hard_triplet(feat_l, y, 0.3)
+    assert got.total.item() == pytest.approx((ce + 0.5 * tri).item(), abs=1e-6)
+    assert tri.item() > 0                                   # the term is not vacuous here
+    assert HACNNLoss()(out, y).total.item() == pytest.approx(ce.item(), abs=1e-6)   # paper: CE only
+    with pytest.raises(ValueError, match="features"):
+        HACNNLoss(triplet_weight=1.0)(HACNNOutput(logits_g, None, None, None), y)
+
+
+def test_triplet_settings_validated():
+    assert TrainConfig().triplet_weight == 0.0
+    with pytest.raises(ValueError, match="num_instances >= 2"):
+        TrainConfig(triplet_weight=1.0, num_instances=1)
+    with pytest.raises(ValueError, match="triplet_margin"):
+        TrainConfig(triplet_weight=1.0, triplet_margin=0.0)
+    with pytest.raises(ValueError, match="triplet_weight"):
+        HACNNLoss(triplet_weight=-1.0)

@@ -164,6 +164,28 @@ def test_channels_last_default_trains_like_contiguous(tmp_path):
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
 
 
+@pytest.mark.slow
+def test_compile_trains_like_eager_and_saves_the_plain_model(tmp_path):
+    """TrainConfig(compile=True): the same losses as eager to float rounding (inductor fuses
+    ops, so not bit for bit), evaluation and checkpoints of the plain model."""
+    batches = list(itertools.islice(tiny_loader(), 3))
+    trainers = [tiny_trainer(tmp_path / str(c), epochs=2, loader=batches, compile=c, eval_every=1,
+                             amp="none") for c in (False, True)]
+    runs = [t.fit() for t in trainers]
+    losses = [[row["loss"] for row in h] for h in runs]
+    assert losses[0][1] < losses[0][0]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
+    compiled = trainers[1]
+    assert compiled.forward is not compiled.net and compiled.forward._orig_mod is compiled.net
+    saved = torch.load(tmp_path / "True" / "last.pth", weights_only=False)
+    assert saved["train"]["config"]["compile"] is True
+    plain = dict(compiled.model.state_dict())
+    assert set(saved["model"]) == set(plain)              # no "_orig_mod." prefixes
+    for k, v in saved["model"].items():
+        torch.testing.assert_close(v, plain[k])
+    assert runs[1][-1]["rank1"] == pytest.approx(runs[0][-1]["rank1"], abs=1 / NUM_IDS + 1e-9)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_is_bf16_only_where_bf16_training_pays(monkeypatch, tmp_path, capsys, native):
     import hacnn.training as training
