@@ -88,6 +88,17 @@ def test_run_config_resolves_presets_and_hashes_switches():
     assert config_hash(run_config("synthetic", quick=True, seed=1)) != config_hash(quick)
 
 
+def test_run_config_keys_new_fields_only_away_from_their_neutral_values():
+    base = run_config("synthetic", quick=True, seed=0)
+    assert {"compile", "triplet_weight", "triplet_margin", "data_cache"}.isdisjoint(base["train"])
+    assert run_config("synthetic", quick=True, seed=0, compile=False, triplet_weight=0.0) == base
+    tri = run_config("synthetic", quick=True, seed=0, triplet_weight=1.0)
+    assert tri["train"]["triplet_weight"] == 1.0 and tri["train"]["triplet_margin"] == 0.3
+    assert len({config_hash(c) for c in (base, tri, run_config("synthetic", quick=True, seed=0, compile=True),
+                                         run_config("synthetic", quick=True, seed=0, triplet_weight=1.0,
+                                                    triplet_margin=0.2))}) == 4
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_run_config_keys_the_precision_the_device_will_run(monkeypatch, native):
     import hacnn.training
