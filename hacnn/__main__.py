@@ -73,8 +73,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training (defaults: the recipe's; see hacnn.config.RECIPES)")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="adam (default: Adam 3e-4, 500 epochs, torchreid's reproduction), "
-                   "sgd (SGD 0.03, 300 epochs, lr x0.1 at 50%% and 75%%) or adam-cosine (Adam 1e-3, "
-                   "5%% linear warm-up then cosine to 0, label smoothing 0.1)")
+                   "sgd (SGD 0.03, 300 epochs, lr x0.1 at 50%% and 75%%), adam-cosine (Adam 1e-3, "
+                   "5%% linear warm-up then cosine to 0, label smoothing 0.1) or adam-triplet (adam "
+                   "+ batch-hard triplet loss, weight 1, margin 0.3)")
     t.add_argument("--epochs", type=int, help="epochs (with --time-budget: at most this many)")
     t.add_argument("--time-budget", type=_duration, metavar="TIME",
                    help="train for this long (90s, 20m, 1.5h or seconds): the throughput is measured "

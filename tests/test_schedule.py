@@ -222,6 +222,11 @@ def test_config_fields_recipes_and_bad_values():
     old = {k: v for k, v in default.to_dict().items() if k not in ("schedule", "warmup", "time_budget")}
     assert TrainConfig.from_dict(old) == default                         # a checkpoint from before
     assert "adam-cosine" in RECIPES and TrainConfig().recipe != "adam-cosine"
+    tri = TrainConfig(recipe="adam-triplet")
+    assert (tri.lr, tri.schedule, tri.label_smoothing, tri.triplet_weight, tri.triplet_margin) == \
+        (3e-4, "constant", 0.0, 1.0, 0.3)
+    assert TrainConfig().triplet_weight == TrainConfig(recipe="adam-cosine").triplet_weight == 0.0
+    assert TrainConfig(recipe="adam-triplet", triplet_weight=0.5).triplet_weight == 0.5
     for bad, match in [({"time_budget": 0}, "time_budget must be a positive"),
                        ({"time_budget": -60.0}, "time_budget"), ({"time_budget": math.nan}, "time_budget"),
                        ({"warmup": 1.0}, r"warmup is a fraction of the run in \[0, 1\)"),
