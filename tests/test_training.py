@@ -185,7 +185,7 @@ def test_compile_trains_like_eager_and_saves_the_plain_model(tmp_path, monkeypat
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
     compiled = trainers[1]
     assert compiled.forward is not compiled.net and compiled.forward._orig_mod is compiled.net
-    saved = torch.load(tmp_path / "True" / "last.pth", weights_only=False)
+    saved = safe_load(tmp_path / "True" / "last.pth")             # weights_only=True, as users load it
     assert saved["train"]["config"]["compile"] is True
     plain = dict(compiled.model.state_dict())
     assert set(saved["model"]) == set(plain)              # no "_orig_mod." prefixes
