@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DATA_CACHES, RECIPES
+from .config import DATA_CACHES, RECIPES, TrainConfig
 from .schedule import SCHEDULES, parse_duration
 from .training import RUN_JSON
 
@@ -72,10 +72,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    "Adam lr 1e-3 (~3 min on 2 CPU cores)")
     t = p.add_argument_group("training (defaults: the recipe's; see hacnn.config.RECIPES)")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="adam (default: Adam 3e-4, 500 epochs, torchreid's reproduction), "
-                   "sgd (SGD 0.03, 300 epochs, lr x0.1 at 50%% and 75%%), adam-cosine (Adam 1e-3, "
-                   "5%% linear warm-up then cosine to 0, label smoothing 0.1) or adam-triplet (adam "
-                   "+ batch-hard triplet loss, weight 1, margin 0.3)")
+                   help="adam-triplet (default: adam + batch-hard triplet loss, weight 1, margin "
+                   "0.3), adam (Adam 3e-4, 500 epochs, cross-entropy alone: torchreid's reproduction "
+                   "of the paper), sgd (SGD 0.03, 300 epochs, lr x0.1 at 50%% and 75%%) or "
+                   "adam-cosine (Adam 1e-3, 5%% linear warm-up then cosine to 0, label smoothing 0.1)")
     t.add_argument("--epochs", type=int, help="epochs (with --time-budget: at most this many)")
     t.add_argument("--time-budget", type=_duration, metavar="TIME",
                    help="train for this long (90s, 20m, 1.5h or seconds): the throughput is measured "
@@ -119,7 +119,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-hard", action="store_true", help="fixed stripes instead of learned regions")
     m.add_argument("--no-cail", action="store_true", help="no cross-attention interaction learning")
     m.add_argument("--init", choices=("kaiming", "pytorch"), default=None,
-                   help="weight initialisation (HACNNConfig.init; default: kaiming)")
+                   help="weight initialisation (HACNNConfig.init; default: pytorch, as torchreid's)")
 
 
 def _duration(text: str) -> float:
@@ -149,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
     dataset = args.dataset or DEFAULT_DATASET
     if args.quick and dataset != "synthetic":
         raise ValueError("--quick trains on the synthetic benchmark; drop --dataset or --quick")
-    out = args.out or Path("runs") / ("quick" if args.quick else f"{dataset}-{args.recipe or 'adam'}")
+    out = args.out or Path("runs") / ("quick" if args.quick else f"{dataset}-{args.recipe or TrainConfig.recipe}")
     model = {field: False for flag, field in ABLATIONS.items() if getattr(args, flag)}
     if args.init is not None:
         model["init"] = args.init

@@ -284,6 +284,46 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad)
 
 
+class _AllGather(torch.autograd.Function):
+    """Every process's equal-sized share, concatenated in rank order along dim 0.
+
+    Every process's loss may use every row, so the gradient of a process's own
+    rows is the sum over the processes of their gradients for those rows.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def gather_batch(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(rows of every process's share of the batch, offset of this process's rows)``.
+
+    Differentiable (:class:`_AllGather`) when ``x`` requires a gradient; in one
+    process ``(x, 0)``. The batch-hard triplet loss mines its positives and
+    negatives over the global batch through it (:func:`hacnn.losses.batch_hard_triplet`).
+    """
+    if get_world_size() == 1:
+        return x, 0
+    offset = get_rank() * x.shape[0]
+    if x.requires_grad:
+        return _AllGather.apply(x), offset
+    parts = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts), offset
+
+
 class GlobalBatchNorm(_BatchNorm):
     """Batch norm with the statistics of the global batch, on any device and backend.
 

@@ -26,11 +26,13 @@ distance evaluation ranks by)::
 
 so ``L = L_ce(global) + L_ce(local) + w * (L_tri(global) + L_tri(local))``.
 It needs P x K batches (K >= 2 images of each identity); the paper trains on
-the cross-entropy alone (w = 0, the default).
+the cross-entropy alone (w = 0: ``TrainConfig(recipe="adam")``); the
+package's default recipe, ``adam-triplet``, sets w = 1 (chosen by measurement,
+``benchmarks/README.md``).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,17 +58,28 @@ def identity_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
-def batch_hard_triplet(features: torch.Tensor, targets: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+def batch_hard_triplet(features: torch.Tensor, targets: torch.Tensor, margin: float = 0.3,
+                       gather: Callable | None = None) -> torch.Tensor:
     """Batch-hard triplet loss (Hermans et al. 2017, Eq. 5) on L2-normalised ``features``.
 
     ``features``: (B, D); ``targets``: (B,). Each anchor takes its farthest
     positive and nearest negative in the batch; anchors without a positive
     (another image of its identity) or without a negative are left out.
+
+    ``gather`` (a multi-process run: :func:`hacnn.distributed.gather_batch`)
+    maps this process's rows to ``(every process's rows, offset of these)``:
+    the anchors stay this process's images and their positives and negatives
+    are mined over the global batch, so that the mean over processes that
+    DDP's gradient average makes is the one-process loss of that batch.
     """
     f = F.normalize(features.float(), dim=1)
-    dist = (2 - 2 * f @ f.T).clamp_min(1e-12).sqrt()                     # (B, B) Euclidean, 0 safe
-    same = targets[:, None] == targets[None, :]
-    other = same.clone().fill_diagonal_(False)                            # positives, not the anchor
+    g, offset = (f, 0) if gather is None else gather(f)
+    t = targets if gather is None else gather(targets)[0]
+    dist = (2 - 2 * f @ g.T).clamp_min(1e-12).sqrt()                     # (B, N) Euclidean, 0 safe
+    same = targets[:, None] == t[None, :]
+    rows = torch.arange(len(f), device=f.device)
+    other = same.clone()
+    other[rows, rows + offset] = False                                    # positives, not the anchor
     hardest_pos = dist.masked_fill(~other, float("-inf")).amax(1)
     hardest_neg = dist.masked_fill(same, float("inf")).amin(1)
     valid = other.any(1) & (~same).any(1)
@@ -82,10 +95,11 @@ class HACNNLoss(nn.Module):
     ``local_weight`` is 1 in the paper; a model without a local branch
     (``HACNNConfig(local_branch=False)``) is trained on the global terms alone.
     ``global_loss`` / ``local_loss`` of the output are each stream's whole term.
+    ``gather``: see :func:`batch_hard_triplet` (None: one process).
     """
 
     def __init__(self, label_smoothing: float = 0.0, local_weight: float = 1.0,
-                 triplet_weight: float = 0.0, triplet_margin: float = 0.3):
+                 triplet_weight: float = 0.0, triplet_margin: float = 0.3, gather: Callable | None = None):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -95,13 +109,15 @@ class HACNNLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.local_weight = local_weight
         self.triplet_weight, self.triplet_margin = triplet_weight, triplet_margin
+        self.gather = gather          # multi-process runs: mine triplets over the global batch
 
     def _stream(self, logits: torch.Tensor, features: torch.Tensor | None, targets: torch.Tensor):
         loss = identity_cross_entropy(logits, targets, self.label_smoothing)
         if self.triplet_weight:
             if features is None:
                 raise ValueError("triplet_weight > 0 needs the model's training-mode features")
-            loss = loss + self.triplet_weight * batch_hard_triplet(features, targets, self.triplet_margin)
+            triplet = batch_hard_triplet(features, targets, self.triplet_margin, self.gather)
+            loss = loss + self.triplet_weight * triplet
         return loss
 
     def forward(self, output: HACNNOutput, targets: torch.Tensor) -> LossOutput:

@@ -180,7 +180,7 @@ def cached_run(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
 
 
 def training_settings(dataset: str = "synthetic", *, quick: bool = True, epochs: int | None = None,
-                      recipe: str = "adam", seed: int = 0) -> dict:
+                      recipe: str | None = None, seed: int = 0) -> dict:
     """The :func:`cached_run` keywords of notebook 06's run (07 and 08 reuse them).
 
     ``quick``: the QUICK preset (small synthetic benchmark, 4 epochs, Adam 1e-3).
@@ -188,13 +188,18 @@ def training_settings(dataset: str = "synthetic", *, quick: bool = True, epochs:
     :data:`FULL_SYNTHETIC_EPOCHS` epochs at Adam 1e-3 (sized for the whole
     ``make reproduce`` to stay near half an hour on 2 CPU cores); on a real
     benchmark: the recipe's own settings (Adam 3e-4 for 500 epochs, or SGD),
-    i.e. the paper-scale run, meant for a GPU.
+    i.e. the paper-scale run, meant for a GPU. ``recipe``: None is
+    ``TrainConfig``'s default (``"adam-triplet"``).
     """
+    from .config import RECIPES, TrainConfig
+
+    recipe = recipe or TrainConfig.recipe
     if dataset == "synthetic" and quick:
         return dict(dataset=dataset, quick=True, seed=seed, recipe=recipe, epochs=epochs)
-    if dataset == "synthetic":
+    if dataset == "synthetic":      # the constant-Adam recipes at 1e-3, as the quick preset (QUICK_TRAIN)
+        constant_adam = RECIPES[recipe]["optimizer"] == "adam" and "schedule" not in RECIPES[recipe]
         return dict(dataset=dataset, synthetic_size="default", seed=seed, recipe=recipe,
-                    epochs=epochs or FULL_SYNTHETIC_EPOCHS, lr=1e-3 if recipe == "adam" else None,
+                    epochs=epochs or FULL_SYNTHETIC_EPOCHS, lr=1e-3 if constant_adam else None,
                     eval_every=FULL_SYNTHETIC_EVAL_EVERY)
     if quick:
         raise ValueError("quick=True trains on the synthetic benchmark; set quick=False for "

@@ -1,9 +1,11 @@
 """Training HA-CNN: optimiser and schedule, AMP, checkpoints, exact resume, logs.
 
 The model is trained from scratch on the identity cross-entropy of both
-heads (paper Sec. 3.3, :mod:`hacnn.losses`). The paper's optimiser settings
+heads (paper Sec. 3.3, :mod:`hacnn.losses`), by default with a batch-hard
+triplet loss added to each (not in the paper). The paper's optimiser settings
 were not published; :data:`hacnn.config.RECIPES` holds known working
-recipes and :class:`hacnn.config.TrainConfig` explains the default (Adam).
+recipes and :class:`hacnn.config.TrainConfig` explains the default
+(``adam-triplet``: Adam 3e-4 plus the triplet loss).
 The learning rate follows a plan of the whole run, stepped per optimisation
 step (:mod:`hacnn.schedule`: constant, step, cosine, one-cycle; a time
 budget measured, planned, and measured once more before its plan is final).
@@ -227,7 +229,8 @@ class Trainer:
         self.verbose = (progress if verbose is None else verbose) and distributed.is_main()
         self.overwrite = overwrite
         self.criterion = HACNNLoss(cfg.label_smoothing, triplet_weight=cfg.triplet_weight,
-                                   triplet_margin=cfg.triplet_margin)
+                                   triplet_margin=cfg.triplet_margin,
+                                   gather=distributed.gather_batch if distributed.get_world_size() > 1 else None)
         self.optimizer = build_optimizer(self.model, cfg)
         self.steps_per_epoch = _length(train_loader)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)  # .plan: the run

@@ -43,12 +43,14 @@ def test_every_subcommand_has_help(capsys, command, flags):
         assert flag in text, flag
 
 
-def test_train_defaults_are_the_adam_recipe():
+def test_train_defaults_are_the_adam_triplet_recipe():
     args = build_parser().parse_args(["train"])
     assert args.recipe is None and args.epochs is None and args.amp is None   # recipe fills them
-    from hacnn.config import TrainConfig
+    assert args.init is None                                                # HACNNConfig's default
+    from hacnn.config import HACNNConfig, TrainConfig
     cfg = TrainConfig()
-    assert (cfg.recipe, cfg.lr, cfg.batch_size) == ("adam", 3e-4, 32)
+    assert (cfg.recipe, cfg.lr, cfg.batch_size, cfg.triplet_weight) == ("adam-triplet", 3e-4, 32, 1.0)
+    assert HACNNConfig().init == "pytorch"
 
 
 def test_refuses_to_overwrite_a_run_folder(tmp_path, capsys):
@@ -196,7 +198,7 @@ def test_experiment_build_model_trains_the_given_network(tiny_synthetic, tmp_pat
     for key in ("loss", "acc_global", "mAP", "rank1"):
         assert a.history[0][key] == b.history[0][key], key
     # a different network through the same loop: another run
-    c = run_experiment("synthetic", tmp_path / "c", **{**kw, "model": {**TINY_MODEL, "init": "pytorch"}})
+    c = run_experiment("synthetic", tmp_path / "c", **{**kw, "model": {**TINY_MODEL, "init": "kaiming"}})
     assert c.history[0]["loss"] != b.history[0]["loss"]
 
 

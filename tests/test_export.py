@@ -21,7 +21,7 @@ TINY = dict(channels=(32, 64, 96), feat_dim=16, input_size=(32, 16), local_sizes
 def moving_regions_model() -> HACNN:
     """Trained-like BN statistics and random hard-attention weights: every image moves its regions."""
     torch.manual_seed(0)
-    model = randomize_bn(HACNN(5, **TINY)).eval()
+    model = randomize_bn(HACNN(5, **TINY, init="kaiming")).eval()   # Kaiming's larger weights: varied inputs to fc
     with torch.no_grad():
         for ha in model.attention:
             ha.hard.fc.weight.normal_(0, 2.0)

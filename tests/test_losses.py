@@ -155,9 +155,13 @@ def test_hacnn_loss_adds_weighted_triplet_per_stream():
 
 
 def test_triplet_settings_validated():
-    assert TrainConfig().triplet_weight == 0.0
+    assert TrainConfig().triplet_weight == 1.0                       # the default recipe, adam-triplet
+    assert TrainConfig(recipe="adam").triplet_weight == 0.0          # the paper's cross-entropy alone
+    assert TrainConfig(recipe="adam", num_instances=1).num_instances == 1
     with pytest.raises(ValueError, match="num_instances >= 2"):
-        TrainConfig(triplet_weight=1.0, num_instances=1)
+        TrainConfig(num_instances=1)
+    with pytest.raises(ValueError, match="num_instances >= 2"):
+        TrainConfig(recipe="adam", triplet_weight=1.0, num_instances=1)
     with pytest.raises(ValueError, match="triplet_margin"):
         TrainConfig(triplet_weight=1.0, triplet_margin=0.0)
     with pytest.raises(ValueError, match="triplet_weight"):

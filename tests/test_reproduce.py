@@ -11,7 +11,7 @@ import pytest
 from hacnn.paper import PAPER_RESULTS, paper_result
 from hacnn.reproduce import (NOT_RUN, NOT_RUN_NO_DATA, SYNTHETIC_NOTE, NotebookFailed, cached_run,
                              config_hash, gather_results, notebook_sequence, reproduce, results_table,
-                             run_config, run_notebook, to_markdown, write_results)
+                             run_config, run_notebook, to_markdown, training_settings, write_results)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -81,22 +81,40 @@ def test_gather_and_write_results(tmp_path):
 def test_run_config_resolves_presets_and_hashes_switches():
     quick = run_config("synthetic", quick=True, seed=0)
     assert quick["train"]["epochs"] == 4 and quick["data"]["synthetic"]["size"] == "small"
-    assert quick == run_config("synthetic", quick=True, seed=0, recipe="adam", epochs=None)
+    assert quick == run_config("synthetic", quick=True, seed=0, recipe="adam-triplet", epochs=None)
+    assert quick["train"]["triplet_weight"] == 1.0 and quick["model"]["init"] == "pytorch"   # the defaults
     assert config_hash(quick) == config_hash(run_config("synthetic", quick=True, seed=0))
     other = run_config("synthetic", quick=True, seed=0, model={"hard_attention": False})
     assert config_hash(other) != config_hash(quick)
     assert config_hash(run_config("synthetic", quick=True, seed=1)) != config_hash(quick)
 
 
+def test_training_settings_of_notebook_06_follow_the_recipe():
+    assert training_settings() == dict(dataset="synthetic", quick=True, seed=0, recipe="adam-triplet", epochs=None)
+    full = {r: training_settings(quick=False, recipe=r) for r in ("adam", "adam-triplet", "adam-cosine", "sgd")}
+    assert {r: f["lr"] for r, f in full.items()} == {"adam": 1e-3, "adam-triplet": 1e-3,   # constant Adam
+                                                     "adam-cosine": None, "sgd": None}     # their own
+    assert full["adam-triplet"]["synthetic_size"] == "default" and full["adam-triplet"]["epochs"] == 2
+    assert training_settings("market1501", quick=False, epochs=7) == dict(
+        dataset="market1501", seed=0, recipe="adam-triplet", epochs=7)              # the recipe's schedule
+    with pytest.raises(ValueError, match="quick=True trains on the synthetic"):
+        training_settings("market1501", quick=True)
+
+
 def test_run_config_keys_new_fields_only_away_from_their_neutral_values():
-    base = run_config("synthetic", quick=True, seed=0)
+    """A run of the adam recipe (cross-entropy alone) keeps the key it had before the triplet fields."""
+    base = run_config("synthetic", quick=True, seed=0, recipe="adam")
     assert {"compile", "triplet_weight", "triplet_margin", "data_cache"}.isdisjoint(base["train"])
-    assert run_config("synthetic", quick=True, seed=0, compile=False, triplet_weight=0.0) == base
-    tri = run_config("synthetic", quick=True, seed=0, triplet_weight=1.0)
+    assert run_config("synthetic", quick=True, seed=0, recipe="adam", compile=False, triplet_weight=0.0) == base
+    tri = run_config("synthetic", quick=True, seed=0, recipe="adam", triplet_weight=1.0)
     assert tri["train"]["triplet_weight"] == 1.0 and tri["train"]["triplet_margin"] == 0.3
-    assert len({config_hash(c) for c in (base, tri, run_config("synthetic", quick=True, seed=0, compile=True),
-                                         run_config("synthetic", quick=True, seed=0, triplet_weight=1.0,
-                                                    triplet_margin=0.2))}) == 4
+    default = run_config("synthetic", quick=True, seed=0)                  # adam-triplet: keyed with its weight
+    assert default["train"]["triplet_weight"] == 1.0 and config_hash(default) != config_hash(tri)  # recipe name
+    assert run_config("synthetic", quick=True, seed=0, triplet_weight=0.0)["train"].keys() == base["train"].keys()
+    assert len({config_hash(c) for c in (base, tri, default,
+                                         run_config("synthetic", quick=True, seed=0, recipe="adam", compile=True),
+                                         run_config("synthetic", quick=True, seed=0, recipe="adam",
+                                                    triplet_weight=1.0, triplet_margin=0.2))}) == 5
 
 
 @pytest.mark.parametrize("native", [True, False])

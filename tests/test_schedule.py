@@ -212,7 +212,7 @@ def test_cli_time_budget(capsys):
 def test_config_fields_recipes_and_bad_values():
     default = TrainConfig()
     assert (default.recipe, default.schedule, default.warmup, default.label_smoothing,
-            default.time_budget) == ("adam", "constant", 0.0, 0.0, None)
+            default.time_budget) == ("adam-triplet", "constant", 0.0, 0.0, None)
     assert TrainConfig(recipe="sgd").schedule == "step"
     cos = TrainConfig(recipe="adam-cosine")
     assert (cos.optimizer, cos.lr, cos.schedule, cos.warmup, cos.label_smoothing) == \
@@ -225,7 +225,8 @@ def test_config_fields_recipes_and_bad_values():
     tri = TrainConfig(recipe="adam-triplet")
     assert (tri.lr, tri.schedule, tri.label_smoothing, tri.triplet_weight, tri.triplet_margin) == \
         (3e-4, "constant", 0.0, 1.0, 0.3)
-    assert TrainConfig().triplet_weight == TrainConfig(recipe="adam-cosine").triplet_weight == 0.0
+    assert TrainConfig(recipe="adam").triplet_weight == TrainConfig(recipe="adam-cosine").triplet_weight == 0.0
+    assert TrainConfig().recipe == "adam-triplet" and TrainConfig().triplet_weight == 1.0   # the default
     assert TrainConfig(recipe="adam-triplet", triplet_weight=0.5).triplet_weight == 0.5
     for bad, match in [({"time_budget": 0}, "time_budget must be a positive"),
                        ({"time_budget": -60.0}, "time_budget"), ({"time_budget": math.nan}, "time_budget"),

@@ -88,7 +88,11 @@ def tiny_evaluator(model) -> dict:
 def tiny_trainer(out_dir, epochs=2, seed=0, loader=None, cls=Trainer, device="cpu", **cfg) -> Trainer:
     torch.manual_seed(seed)
     model = HACNN(NUM_IDS, **TINY_MODEL)
-    cfg = {"batch_size": BATCH, "num_instances": 2, "lr": 1e-3, "eval_every": 1, "workers": 0, **cfg}
+    # the paper's cross-entropy alone (recipe "adam"): these batches are shuffled, not P x K, and the
+    # tests below check cross-entropy facts (a start near 2 ln #ids); the triplet default is trained
+    # through run_experiment's P x K batches (tests/test_cli.py)
+    cfg = {"recipe": "adam", "batch_size": BATCH, "num_instances": 2, "lr": 1e-3, "eval_every": 1,
+           "workers": 0, **cfg}
     config = TrainConfig(epochs=epochs, seed=seed, **cfg)
     return cls(model, loader or tiny_loader(seed), config, out_dir, evaluator=tiny_evaluator,
                device=device, progress=False)
@@ -252,8 +256,10 @@ def test_recipes_and_schedules():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step(), sched.step()
     assert lrs == pytest.approx([0.03] * 4 + [0.003] * 2 + [0.0003] * 2)
-    adam = TrainConfig()
+    adam = TrainConfig(recipe="adam")
     assert (adam.recipe, adam.lr, adam.epochs, adam.batch_size, adam.milestones) == ("adam", 3e-4, 500, 32, ())
+    default = TrainConfig()
+    assert (default.recipe, default.lr, default.epochs, default.triplet_weight) == ("adam-triplet", 3e-4, 500, 1.0)
     assert isinstance(build_optimizer(model, adam), torch.optim.Adam)
     assert TrainConfig(recipe="sgd", lr=0.01).lr == 0.01
     assert TrainConfig.from_dict(sgd.to_dict()) == sgd
