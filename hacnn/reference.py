@@ -153,8 +153,15 @@ def curves(runs) -> "pd.DataFrame":
 
 
 def paired_table(df, by: str = "variant", base: str = BASELINE, metrics=("Rank-1", "mAP")):
-    """Mean +- sd of each ``by`` group over seeds and its paired difference from ``base``
-    (same seed) with the 95 % Student-t interval, one row per group, at one epoch."""
+    """Each ``by`` group of ``df`` (one epoch, one row per seed) over its seeds: mean, sd
+    and the paired difference from ``base`` (same seeds) with its 95 % Student-t interval.
+
+    Numeric columns per metric ``M``: ``M`` (mean), ``M sd``, ``M diff``,
+    ``M low``, ``M high`` (NaN for ``base`` itself), ``M significant`` (the
+    interval excludes 0); :func:`format_table` writes them as text.
+    """
+    import math
+
     import pandas as pd
 
     from .stats import paired_difference, summarize
@@ -163,18 +170,40 @@ def paired_table(df, by: str = "variant", base: str = BASELINE, metrics=("Rank-1
     ref = df[df[by] == base].set_index("seed")
     for name, group in df.groupby(by, sort=False):
         g = group.set_index("seed")
+        if g.index.has_duplicates:
+            raise ValueError(f"{by} {name!r} has more than one row per seed: select one epoch first")
         row = {by: name, "seeds": len(g)}
         for metric in metrics:
-            row[metric] = str(summarize(list(g[metric])))
-            if name == base:
-                row[f"{metric} - {base}"] = "baseline"
+            s = summarize(list(g[metric]))
+            row.update({metric: s.mean, f"{metric} sd": s.sd})
+            common = sorted(set(g.index) & set(ref.index))
+            if name == base or not common:
+                d = (math.nan, math.nan, math.nan, False)
             else:
-                common = sorted(set(g.index) & set(ref.index))
-                row[f"{metric} - {base}"] = str(paired_difference(list(g.loc[common, metric]),
-                                                                  list(ref.loc[common, metric])))
+                diff = paired_difference(list(g.loc[common, metric]), list(ref.loc[common, metric]))
+                d = (diff.mean, diff.low, diff.high, diff.significant)
+            row.update(dict(zip((f"{metric} diff", f"{metric} low", f"{metric} high",
+                                 f"{metric} significant"), d)))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def format_table(table, by: str = "variant", base: str = BASELINE, metrics=("Rank-1", "mAP")):
+    """:func:`paired_table` as text: ``mean +- sd`` and ``+d [low, high]`` (``baseline`` for ``base``)."""
+    import pandas as pd
+
+    from .stats import Difference, Summary
+
+    out = pd.DataFrame({by: table[by], "seeds": table["seeds"]})
+    for metric in metrics:
+        out[f"{metric} (%)"] = [str(Summary(m, s, n)) for m, s, n in
+                                zip(table[metric], table[f"{metric} sd"], table["seeds"])]
+        out[f"{metric} - {base} [95 % CI]"] = [
+            "baseline" if name == base else str(Difference(d, lo, hi, n))
+            for name, d, lo, hi, n in zip(table[by], table[f"{metric} diff"], table[f"{metric} low"],
+                                          table[f"{metric} high"], table["seeds"])]
+    return out
+
+
 __all__ = ["BASELINE", "CURVES", "LADDER", "Protocol", "REFERENCE", "SWEEP", "benchmark", "curves",
-           "paired_table", "plan", "WEIGHTS", "run", "train_all", "weights_run"]
+           "format_table", "paired_table", "plan", "WEIGHTS", "run", "train_all", "weights_run"]
