@@ -37,7 +37,7 @@ from hacnn import HACNN  # noqa: E402
 from hacnn.checkpoint import load_model  # noqa: E402
 from hacnn.data.synthetic import Synthetic  # noqa: E402
 from hacnn.data.synthetic_truth import person_items  # noqa: E402
-from hacnn.diagnostics import AttentionMeasures, measure_attention  # noqa: E402
+from hacnn.diagnostics import AttentionMeasures, measure_attention, summarize_measures  # noqa: E402
 
 
 def models(args, num_classes: int) -> dict[str, torch.nn.Module]:
@@ -51,20 +51,6 @@ def models(args, num_classes: int) -> dict[str, torch.nn.Module]:
     if args.weights:
         out[f"trained ({Path(args.weights).name})"] = load_model(args.weights)
     return out
-
-
-def summary(results: dict[str, AttentionMeasures]) -> pd.DataFrame:
-    """Per model and level: soft shares vs baseline, mean IoU and mean r over the regions."""
-    rows = []
-    for label, m in results.items():
-        soft, regions = m.soft_table(), m.region_table()
-        for level, s in soft.iterrows():
-            r = regions.loc[level]
-            rows.append({"model": label, "level": level, "share": s["share"],
-                         "share_above_min": s["share_above_min"], "person_area": s["person_area"],
-                         "iou": r["iou"].mean(), "part_covered": r["part_covered"].mean(),
-                         "r_offset": r["r_offset"].mean(), "n": int(s["n"])})
-    return pd.DataFrame(rows).set_index(["model", "level"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, AttentionMeasures]:
@@ -106,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, AttentionMeasures]:
               "Pearson r of t_y with the person's vertical offset [95 % interval]")
         print(m.region_table().round(3).to_string())
     print("\n## summary (iou, part_covered, r_offset: mean over the 4 regions)\n")
-    print(summary(results).round(3).to_string())
+    print(summarize_measures(results).round(3).to_string())
     if args.figure:
         from hacnn.viz import plot_attention_measures
 

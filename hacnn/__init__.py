@@ -10,6 +10,7 @@ from .attention import (HardRegionalAttention, HarmoniousAttention, SoftAttentio
 from .blocks import ConvBlock, InceptionA, InceptionB
 from .config import HACNNConfig
 from .model import HACNN, FeatureMaps, HACNNOutput, LevelExplanation
+from .zoo import pretrained
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,5 @@ __all__ = [
     "HACNN", "HACNNConfig", "HACNNOutput", "FeatureMaps", "LevelExplanation",
     "ConvBlock", "InceptionA", "InceptionB",
     "SoftSpatialAttention", "SoftChannelAttention", "SoftAttention",
-    "HardRegionalAttention", "HarmoniousAttention",
+    "HardRegionalAttention", "HarmoniousAttention", "pretrained",
 ]

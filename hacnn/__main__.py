@@ -230,6 +230,15 @@ def run_reproduce(args: argparse.Namespace) -> int:
     """
     from .reproduce import reproduce
 
+    if args.reference:
+        from .reference import REFERENCE_DIR, publish
+
+        if args.quick:
+            raise ValueError("--reference and --quick exclude each other: the reference protocol "
+                             "has one budget (hacnn.reference.REFERENCE)")
+        publish(args.out or Path(REFERENCE_DIR), device=args.device or "cpu",
+                log=lambda line: print(line, flush=True))
+        return 0
     out = args.out
     if out is None:
         out = Path("runs") / time.strftime("%Y-%m-%d")
@@ -311,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="run folder for the executed notebooks (default: runs/<YYYY-MM-DD>)")
     p.add_argument("--quick", action="store_true", help="the notebooks' quick settings (minutes)")
+    p.add_argument("--reference", action="store_true", help="the reference protocol (issue 17): "
+                   "train the ablation ladder and misalignment sweep at 8 epochs x 3 seeds and the "
+                   "reference weights (~4 h on 2 CPU cores, resumable run by run through the run "
+                   "cache), execute notebooks 06-09 on them into --out (default results/reference)")
     p.add_argument("--data-root", type=Path, default=None, help="real data sets to train and "
                    "evaluate on as well (default: $HACNN_DATA if set; else synthetic only)")
     p.add_argument("--force", action="store_true", help="overwrite the executed notebooks in --out")

@@ -262,5 +262,23 @@ def measure_attention(model, source, items=None, *, batch_size: int = 64, device
     return AttentionMeasures(**{k: torch.cat(v).numpy() for k, v in parts.items()})
 
 
-__all__ = ["AttentionMeasures", "measure_attention", "measure_batch", "soft_mass", "box_iou",
+def summarize_measures(results: dict[str, AttentionMeasures]):
+    """Per model (``{label: measures}``) and level: the soft shares against the uniform
+    baseline, and the mean over the regions of IoU, part covered and r of t_y with the
+    person's offset."""
+    import pandas as pd
+
+    rows = []
+    for label, m in results.items():
+        soft, regions = m.soft_table(), m.region_table()
+        for level, s in soft.iterrows():
+            r = regions.loc[level]
+            rows.append({"model": label, "level": level, "share": s["share"],
+                         "share_above_min": s["share_above_min"], "person_area": s["person_area"],
+                         "iou": r["iou"].mean(), "part_covered": r["part_covered"].mean(),
+                         "r_offset": r["r_offset"].mean(), "n": int(s["n"])})
+    return pd.DataFrame(rows).set_index(["model", "level"])
+
+
+__all__ = ["AttentionMeasures", "measure_attention", "summarize_measures", "measure_batch", "soft_mass", "box_iou",
            "region_iou", "part_stripes", "sort_regions", "pearson", "fisher_interval"]

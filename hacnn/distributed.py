@@ -310,18 +310,13 @@ class _AllGather(torch.autograd.Function):
 def gather_batch(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``(rows of every process's share of the batch, offset of this process's rows)``.
 
-    Differentiable (:class:`_AllGather`) when ``x`` requires a gradient; in one
-    process ``(x, 0)``. The batch-hard triplet loss mines its positives and
-    negatives over the global batch through it (:func:`hacnn.losses.batch_hard_triplet`).
+    Differentiable (:class:`_AllGather`); in one process ``(x, 0)``. The batch-hard
+    triplet loss mines its positives and negatives over the global batch through it
+    (:func:`hacnn.losses.batch_hard_triplet`).
     """
     if get_world_size() == 1:
         return x, 0
-    offset = get_rank() * x.shape[0]
-    if x.requires_grad:
-        return _AllGather.apply(x), offset
-    parts = [torch.empty_like(x) for _ in range(get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts), offset
+    return _AllGather.apply(x), get_rank() * x.shape[0]   # without a gradient: a plain all-gather
 
 
 class GlobalBatchNorm(_BatchNorm):

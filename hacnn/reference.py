@@ -188,6 +188,25 @@ def paired_table(df, by: str = "variant", base: str = BASELINE, metrics=("Rank-1
     return pd.DataFrame(rows)
 
 
+def settled_from(df, variant: str, base: str = BASELINE, metric: str = "Rank-1"):
+    """The first evaluated epoch from which ``variant``'s paired difference from ``base``
+    stays beyond seed noise (its 95 % interval excludes 0) at every later evaluated epoch,
+    and the difference at the last one: ``(epoch or None, Difference)``. ``df``: :func:`curves`
+    rows of one misalignment."""
+    from .stats import paired_difference
+
+    first, diff = None, None
+    for epoch in sorted(df["epoch"].unique()):
+        at = df[df["epoch"] == epoch]
+        a, b = (at[at["variant"] == v].set_index("seed")[metric] for v in (variant, base))
+        seeds = sorted(set(a.index) & set(b.index))
+        if not seeds:
+            continue
+        diff = paired_difference(list(a.loc[seeds]), list(b.loc[seeds]))
+        first = (first or int(epoch)) if diff.significant else None
+    return first, diff
+
+
 def format_table(table, by: str = "variant", base: str = BASELINE, metrics=("Rank-1", "mAP")):
     """:func:`paired_table` as text: ``mean +- sd`` and ``+d [low, high]`` (``baseline`` for ``base``)."""
     import pandas as pd
@@ -205,5 +224,155 @@ def format_table(table, by: str = "variant", base: str = BASELINE, metrics=("Ran
     return out
 
 
-__all__ = ["BASELINE", "CURVES", "LADDER", "Protocol", "REFERENCE", "SWEEP", "benchmark", "curves",
-           "format_table", "paired_table", "plan", "WEIGHTS", "run", "train_all", "weights_run"]
+# ----------------------------------------------------------------------------- publishing
+
+REFERENCE_DIR = "results/reference"
+NOTEBOOKS = ("06_training.ipynb", "07_visualising_attention.ipynb", "08_paper_tables.ipynb",
+             "09_ablations.ipynb")
+
+
+def _git_commit(repo: Path) -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def _train_seconds(cached) -> float:
+    """Training + evaluation seconds a run took when it was trained (from its log)."""
+    return sum((r.get("epoch_time_s") or 0) + (r.get("eval_time_s") or 0) for r in cached.history)
+
+
+def publish_weights(protocol: Protocol = REFERENCE, *, device: str = "cpu", out_dir=None,
+                    provenance: dict | None = None, log=print) -> dict[str, dict]:
+    """Export the runs of :func:`weights_run` as the reference weights (:mod:`hacnn.zoo`),
+    with the test metrics of the fp16 weights themselves; returns name -> metrics."""
+    from .experiment import evaluate_checkpoint
+    from .zoo import REFERENCE_WEIGHTS, WEIGHTS_DIR, export_weights
+
+    out = Path(out_dir or WEIGHTS_DIR)
+    written = {}
+    for name, (variant, _) in REFERENCE_WEIGHTS.items():
+        r = weights_run(variant, protocol, device=device)
+        # the metrics stated are those of the file a user loads: export, then evaluate that file
+        path = export_weights(r.weights, name, metrics={}, provenance={}, out_dir=out)
+        metrics = evaluate_checkpoint(path, "synthetic", synthetic_size=protocol.weights_size,
+                                      device=device, progress=False).row()
+        metrics = {k: round(float(v), 6) for k, v in metrics.items() if isinstance(v, (int, float))}
+        run_info = {"run": r.out_dir.name, "epochs": len(r.history), "seed": protocol.seeds[0],
+                    "benchmark": f"synthetic {protocol.weights_size}", "protocol": protocol.to_dict(),
+                    "fp32 run metrics": {k: round(float(r.final[k]), 6) for k in ("rank1", "mAP")},
+                    "train seconds": round(_train_seconds(r), 1)}
+        export_weights(r.weights, name, metrics=metrics, provenance={**(provenance or {}), **run_info},
+                       out_dir=out)
+        log(f"[reference] weights {name}: Rank-1 {100 * metrics['rank1']:.1f} mAP "
+            f"{100 * metrics['mAP']:.1f} (fp16 file; the fp32 run: {100 * r.final['rank1']:.1f} / "
+            f"{100 * r.final['mAP']:.1f}) -> {path}")
+        written[name] = metrics
+    return written
+
+
+def summary_markdown(out_dir=REFERENCE_DIR) -> str:
+    """The published run of ``out_dir`` as Markdown: the ladder and the sweep (mean +- sd, paired
+    differences from full HA-CNN with 95 % intervals), from which epoch each ladder difference
+    stays beyond seed noise, the reference weights' metrics and the provenance."""
+    import json
+
+    import pandas as pd
+
+    from .reproduce import to_markdown
+
+    out = Path(out_dir)
+    info = json.loads((out / "provenance.json").read_text())
+    p = info["protocol"]
+    ladder, sweep = pd.read_csv(out / "ladder.csv"), pd.read_csv(out / "sweep.csv")
+    curves_df = pd.read_csv(out / "curves.csv")
+    lines = [f"# The reference run ({info['finished']})", "",
+             f"`{info['command']}` at commit `{info['commit']}`; {info['machine']['cpu']}, "
+             f"{info['machine']['threads']} threads, torch {info['machine']['torch']}"
+             + (f", {info['machine']['gpu']}" if info["machine"].get("gpu") else "") + "; "
+             f"{info['train seconds (sum over runs, when each was trained)'] / 3600:.1f} h of training "
+             "and evaluation in all.", "",
+             f"Protocol: synthetic `{p['size']}`, {p['epochs']} epochs per run evaluated every "
+             f"{p['eval_every']}, seeds {p['seeds']}, Adam {p['lr']:g} constant (the default recipe), "
+             f"amp {p['amp']}. Rank-1 / mAP in %; differences are paired by seed, from full HA-CNN, "
+             "with 95 % Student-t intervals; an interval that holds 0 is not a finding.", "",
+             f"## Ablations (misalignment {p['misalignment']})", "", to_markdown(format_table(ladder)), ""]
+    for metric in ("Rank-1", "mAP"):
+        at = curves_df[curves_df["misalignment"] == p["misalignment"]]
+        for v in ladder["variant"]:
+            if v != BASELINE:
+                first, diff = settled_from(at[at["variant"].isin([v, BASELINE])], v, metric=metric)
+                lines.append(f"- {metric}, {v} - {BASELINE}: {diff} at epoch {p['epochs']}; beyond seed "
+                             "noise " + (f"from epoch {first} on" if first else "at no evaluated epoch"))
+    text = format_table(sweep)
+    text.insert(0, "misalignment", sweep["misalignment"].values)
+    lines += ["", "## Misalignment sweep", "", to_markdown(text), "", "## Reference weights", ""]
+    for r in info["runs"]:
+        if r["benchmark"] == p["weights_size"]:
+            lines.append(f"- {r['variant']} (`{p['weights_size']}` benchmark, seed {r['seed']}): "
+                         f"Rank-1 {100 * r['rank1']:.1f} / mAP {100 * r['mAP']:.1f} (the fp32 run; the "
+                         "fp16 files' own metrics are in hacnn/weights/*.json)")
+    return "\n".join(lines) + "\n"
+
+
+def publish(out_dir=REFERENCE_DIR, *, protocol: Protocol = REFERENCE, device: str = "cpu",
+            weights_dir=None, log=print) -> Path:
+    """``python -m hacnn reproduce --reference``: train what the cache lacks, export the reference
+    weights, execute notebooks 06-09 on the protocol into ``out_dir`` (outputs kept, figures in
+    ``out_dir/figures``; 09 writes ladder.csv, sweep.csv, curves.csv there) and write
+    ``provenance.json`` (commit, command, machine, kernel path, wall and training times)."""
+    import json
+    import platform
+    import time
+
+    import torch
+
+    from .reproduce import REPO_ROOT, run_notebook
+    from .reproducibility import cpu_model, kernel_path
+
+    start, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    trained = train_all(protocol, device=device, log=log)
+    machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "python": platform.python_version(), "device": str(device),
+               "gpu": torch.cuda.get_device_name(0) if str(device).startswith("cuda") else None}
+    command = "python -m hacnn reproduce --reference" + (f" --device {device}" if device != "cpu" else "")
+    provenance = {"commit": _git_commit(REPO_ROOT), "command": command, "machine": machine}
+    publish_weights(protocol, device=device, out_dir=weights_dir, provenance=provenance, log=log)
+    params = {"quick": False, "reference": True, "device": device, "results_dir": str(out),
+              "figures_dir": str(out / "figures")}
+    timings = []
+    for name in NOTEBOOKS:
+        t = time.perf_counter()
+        log(f"[reference] {name} ...")
+        run_notebook(REPO_ROOT / "notebooks" / name, out / name, params)
+        timings.append({"notebook": name, "seconds": round(time.perf_counter() - t, 1)})
+    runs = [(v, m, s, run(v, m, s, protocol, device=device)) for v, m, s in plan(protocol)] + \
+        [(v, None, protocol.seeds[0], weights_run(v, protocol, device=device)) for v in WEIGHTS]
+    info = {**provenance, "protocol": protocol.to_dict(), "kernel": kernel_path(device),
+            "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "wall seconds of this call": round(time.perf_counter() - start, 1),
+            "runs trained by this call": trained, "notebooks": timings,
+            "train seconds (sum over runs, when each was trained)": round(sum(_train_seconds(r) for *_, r in runs), 1),
+            "runs": [{"variant": v, "misalignment": m, "seed": s, "run": r.out_dir.name,
+                      "benchmark": protocol.size if m is not None else protocol.weights_size,
+                      "train seconds": round(_train_seconds(r), 1),
+                      "rank1": round(float(r.final["rank1"]), 6), "mAP": round(float(r.final["mAP"]), 6)}
+                     for v, m, s, r in runs]}
+    (out / "provenance.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    (out / "README.md").write_text(summary_markdown(out))
+    log(f"[reference] published in {out} ({info['wall seconds of this call'] / 60:.1f} min)")
+    return out
+
+
+__all__ = ["BASELINE", "CURVES", "LADDER", "NOTEBOOKS", "Protocol", "REFERENCE", "REFERENCE_DIR",
+           "SWEEP", "WEIGHTS", "benchmark", "curves", "format_table", "paired_table", "plan", "publish",
+           "publish_weights", "run", "settled_from", "summary_markdown", "train_all", "weights_run"]

@@ -81,7 +81,7 @@ class CachedRun:
 
 def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | None = None,
                quick: bool = False, model: dict | None = None, device: str = "cpu",
-               **train) -> dict:
+               dataset_options: dict | None = None, **train) -> dict:
     """The full, resolved configuration of a run and its kernel path (the cache key's content).
 
     Resolves the quick preset and the recipe's defaults (``TrainConfig``) and
@@ -127,6 +127,8 @@ def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
         from .data import resolve_root
 
         data["root"] = str(resolve_root(root))
+    if dataset_options:             # reader options (the folder reader's layout, pattern, split, ...)
+        data["options"] = {k: v for k, v in sorted(dataset_options.items()) if v is not None}
     return {"data": data, "synthetic_size": synthetic_size, "model": model_cfg, "train": train_cfg,
             "device": torch.device(device).type, "kernel": kernel_path(device)}
 
@@ -155,26 +157,29 @@ def _summarise(out: Path, history: list[dict], config: dict, reused: bool) -> Ca
 def cached_run(dataset: str = "synthetic", *, root=None, synthetic_size: str | None = None,
                quick: bool = False, model: dict | None = None, device: str = "cpu",
                cache: str | os.PathLike | None = None, progress: bool = False,
-               **train) -> CachedRun:
+               dataset_options: dict | None = None, **train) -> CachedRun:
     """Train (or load) the run these settings describe; returns a :class:`CachedRun`.
 
     The folder is ``<cache>/<dataset>-<hash>``, the hash of :func:`run_config`;
     a folder holding a finished run with the same configuration is loaded, one
     holding an unfinished run is trained again from scratch. ``train`` keywords
     are ``TrainConfig`` fields (``epochs``, ``seed``, ``recipe``, ...);
-    ``model`` holds ``HACNNConfig`` switches (``hard_attention=False``, ...).
+    ``model`` holds ``HACNNConfig`` switches (``hard_attention=False``, ...);
+    ``dataset_options``: the reader's options (``hacnn.data.build_dataset``
+    keywords, e.g. the folder reader's ``layout`` and ``pattern``), part of the key.
     """
     from .experiment import run_experiment
 
     config = run_config(dataset, root=root, synthetic_size=synthetic_size, quick=quick,
-                        model=model, device=device, **train)
+                        model=model, device=device, dataset_options=dataset_options, **train)
     out = Path(cache or cache_root()) / f"{dataset}-{config_hash(config)}"
     if _finished(out, config):
         history = json.loads((out / "log.json").read_text())["epochs"]
         return _summarise(out, history, config, reused=True)
     result = run_experiment(dataset, out, root=root, synthetic_size=config["synthetic_size"],
                             quick=quick, force=True, model=model, device=device,
-                            progress=progress, verbose=False, **train)
+                            progress=progress, verbose=False, dataset_options=dataset_options,
+                            **train)
     (out / "cache.json").write_text(json.dumps(config, indent=1, default=str) + "\n")
     return _summarise(out, result.history, config, reused=False)
 

@@ -65,3 +65,53 @@ def test_paired_table_wants_one_epoch():
                        for e in (2, 4)])
     with pytest.raises(ValueError, match="one epoch"):
         paired_table(df)
+
+
+def test_settled_from_is_the_first_epoch_after_which_every_difference_excludes_zero():
+    from hacnn.reference import settled_from
+
+    # paired differences (other - full) per epoch: 2: {+1, -1, 0} (holds 0); 4: {5, 6, 7};
+    # 6: {-1, 1, 3} (holds 0 again); 8: {4, 5, 6}; 10: {9, 10, 11} -> settled from epoch 8
+    gaps = {2: (1, -1, 0), 4: (5, 6, 7), 6: (-1, 1, 3), 8: (4, 5, 6), 10: (9, 10, 11)}
+    rows = []
+    for epoch, d in gaps.items():
+        for seed in range(3):
+            rows += [{"variant": "full HA-CNN", "seed": seed, "epoch": epoch, "Rank-1": 10.0 * seed},
+                     {"variant": "other", "seed": seed, "epoch": epoch, "Rank-1": 10.0 * seed + d[seed]}]
+    first, last = settled_from(pd.DataFrame(rows), "other")
+    assert first == 8
+    assert last.mean == pytest.approx(10.0) and last.significant
+    first, _ = settled_from(pd.DataFrame([r for r in rows if r["epoch"] <= 6]), "other")
+    assert first is None
+
+
+def test_summary_markdown_of_a_published_folder(tmp_path):
+    import json
+
+    from hacnn.reference import summary_markdown
+
+    rows, sweep = [], []
+    for epoch, gap in ((2, (1, -1, 0)), (4, (2, 1, 3))):     # "other" - full: holds 0, then +2 [-0.5, +4.5]
+        for seed in range(3):
+            rows += [{"variant": "full HA-CNN", "misalignment": 0.25, "seed": seed, "epoch": epoch,
+                      "Rank-1": 10.0 * (seed + 1), "mAP": 5.0},
+                     {"variant": "other", "misalignment": 0.25, "seed": seed, "epoch": epoch,
+                      "Rank-1": 10.0 * (seed + 1) + gap[seed], "mAP": 5.0 + 10 * gap[seed]}]
+    curves_df = pd.DataFrame(rows)
+    last = curves_df[curves_df["epoch"] == 4]
+    paired_table(last).to_csv(tmp_path / "ladder.csv", index=False)
+    pd.concat([paired_table(last).assign(misalignment=m) for m in (0.0, 0.6)]).to_csv(
+        tmp_path / "sweep.csv", index=False)
+    curves_df.to_csv(tmp_path / "curves.csv", index=False)
+    protocol = {**REFERENCE.to_dict(), "epochs": 4}
+    (tmp_path / "provenance.json").write_text(json.dumps({
+        "finished": "2026-12-02", "command": "python -m hacnn reproduce --reference", "commit": "abc",
+        "machine": {"cpu": "a CPU", "threads": 2, "torch": "2.14.1", "gpu": None},
+        "train seconds (sum over runs, when each was trained)": 7200.0, "protocol": protocol,
+        "runs": [{"variant": "full HA-CNN", "benchmark": "default", "seed": 0, "rank1": 0.5, "mAP": 0.25}]}))
+    text = summary_markdown(tmp_path)
+    assert "| other | 3 | 22.0 +- 10.5 | +2.0 [-0.5, +4.5] | 25.0 +- 10.0 | +20.0 [-4.8, +44.8] |" in text
+    assert "Rank-1, other - full HA-CNN: +2.0 [-0.5, +4.5] at epoch 4; beyond seed noise at no evaluated epoch" in text
+    assert "mAP, other - full HA-CNN: +20.0 [-4.8, +44.8] at epoch 4" in text
+    assert "2.0 h of training" in text and "Rank-1 50.0 / mAP 25.0" in text
+    assert text.count("| 0.6 |") == 2

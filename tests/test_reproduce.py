@@ -228,3 +228,32 @@ def test_every_notebook_starts_with_a_parameters_cell(notebook):
 def test_the_sequence_is_numbered_from_00():
     names = [p.name[:2] for p in notebook_sequence(NOTEBOOKS)]
     assert names == sorted(names) and names[0] == "00"
+
+
+def test_notebook_06_trains_and_evaluates_your_own_folder(tmp_path):
+    """Notebook 06 with dataset="folder" (issue 18): the reader's options reach the reader and the
+    run cache, and the key numbers it writes are what evaluating its run's weights gives."""
+    from fixtures import write_image
+    from hacnn.experiment import evaluate_checkpoint
+
+    root = tmp_path / "crops"
+    for k in range(12):                      # 12 people, 6 crops each over 2 cameras: c<k>_<n>.jpg
+        for j in range(6):
+            write_image(root / f"person{k:02d}" / f"c{1 + j % 2}_{j}.jpg",
+                        color=((37 * k) % 256, (29 * j + 60) % 256, (11 * k * j) % 256))
+    options = {"layout": "identity-folders", "pattern": r"c(?P<camera>\d)_.*", "test_ids": 4,
+               "split_seed": 0}
+    out = tmp_path / "out"
+    run_notebook(NOTEBOOKS / "06_training.ipynb", out / "06.ipynb",
+                 {"quick": False, "dataset": "folder", "data_root": str(root), "dataset_options": options,
+                  "epochs": 1, "seed": 0, "out_dir": str(tmp_path / "cache"), "results_dir": str(out),
+                  "figures_dir": str(tmp_path / "figures")}, cwd=NOTEBOOKS)
+    info = json.loads((out / "06_training-folder.json").read_text())
+    assert info["dataset"] == "folder" and info["epochs"] == 1
+    (run_dir,) = (tmp_path / "cache").iterdir()
+    assert json.loads((run_dir / "cache.json").read_text())["data"]["options"]["test_ids"] == 4
+    again = evaluate_checkpoint(run_dir / "last.pth", "folder", root=root, dataset_options=options,
+                                progress=False).row()
+    for key in ("rank1", "mAP"):
+        assert info["benchmarks"]["folder"][key] == pytest.approx(again[key], abs=1e-6)
+    assert (tmp_path / "figures" / "06_training_curves_folder.png").is_file()
