@@ -11,7 +11,12 @@ seed noise.
 
 Every run goes through :func:`hacnn.reproduce.cached_run`: a finished run is
 loaded, never retrained, so the protocol can be spread over several sittings
-(an interrupted run is retrained from its start). :func:`plan` orders the
+(an interrupted run is retrained from its start). :func:`train_all` also keeps
+each finished run's record (history and config, no weights) in
+``results/reference/runs/`` (:data:`hacnn.reproduce.RECORDS`), which the
+repository commits: the published run is loaded from there on a machine with
+the same kernel path whose cache is empty, and a protocol cut off on one
+machine goes on from its records on the next. :func:`plan` orders the
 runs so that the learning curves of issue 17's first part (full HA-CNN,
 global only, fixed stripes at the default misalignment) come first.
 ``python -m hacnn reproduce --reference`` trains what is missing and executes
@@ -122,10 +127,13 @@ def weights_run(variant: str = BASELINE, protocol: Protocol = REFERENCE, *, devi
                       **protocol.train_settings())
 
 
-def train_all(protocol: Protocol = REFERENCE, *, device: str = "cpu", log=print) -> int:
+def train_all(protocol: Protocol = REFERENCE, *, device: str = "cpu", records=None, log=print) -> int:
     """Train every run of :func:`plan`, then the reference weights' (:func:`weights_run` of
-    :data:`WEIGHTS`), that the cache lacks; returns how many were trained."""
+    :data:`WEIGHTS`), that the cache and the records lack; returns how many were trained.
+    Each run's record is kept in ``records`` (default :data:`hacnn.reproduce.RECORDS`)."""
     import time
+
+    from .reproduce import RECORDS, record_run
 
     trained = 0
     runs = plan(protocol) + [(v, None, protocol.seeds[0]) for v in WEIGHTS]
@@ -134,6 +142,8 @@ def train_all(protocol: Protocol = REFERENCE, *, device: str = "cpu", log=print)
         r = run(variant, m, seed, protocol, device=device) if m is not None else \
             weights_run(variant, protocol, device=device)
         trained += not r.reused
+        if not r.from_record:
+            record_run(r, records or RECORDS)
         where = f"misalignment {m}" if m is not None else f"{protocol.weights_size} benchmark"
         log(f"[reference] {k}/{len(runs)} {variant} {where} seed {seed}: Rank-1 "
             f"{100 * r.final['rank1']:.1f} mAP {100 * r.final['mAP']:.1f}"
@@ -253,6 +263,8 @@ def publish_weights(protocol: Protocol = REFERENCE, *, device: str = "cpu", out_
                     provenance: dict | None = None, log=print) -> dict[str, dict]:
     """Export the runs of :func:`weights_run` as the reference weights (:mod:`hacnn.zoo`),
     with the test metrics of the fp16 weights themselves; returns name -> metrics."""
+    import json
+
     from .experiment import evaluate_checkpoint
     from .zoo import REFERENCE_WEIGHTS, WEIGHTS_DIR, export_weights
 
@@ -260,6 +272,11 @@ def publish_weights(protocol: Protocol = REFERENCE, *, device: str = "cpu", out_
     written = {}
     for name, (variant, _) in REFERENCE_WEIGHTS.items():
         r = weights_run(variant, protocol, device=device)
+        if r.from_record:        # exported before, from this run (else r.weights raises)
+            info = json.loads(r.weights.with_suffix(".json").read_text())
+            log(f"[reference] weights {name}: exported from {r.out_dir.name} before, kept ({r.weights})")
+            written[name] = info["metrics"]
+            continue
         # the metrics stated are those of the file a user loads: export, then evaluate that file
         path = export_weights(r.weights, name, metrics={}, provenance={}, out_dir=out)
         metrics = evaluate_checkpoint(path, "synthetic", synthetic_size=protocol.weights_size,
@@ -340,7 +357,7 @@ def publish(out_dir=REFERENCE_DIR, *, protocol: Protocol = REFERENCE, device: st
     start, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    trained = train_all(protocol, device=device, log=log)
+    trained = train_all(protocol, device=device, records=out / "runs", log=log)
     machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "python": platform.python_version(), "device": str(device),
                "gpu": torch.cuda.get_device_name(0) if str(device).startswith("cuda") else None}

@@ -21,6 +21,12 @@ thread count) is never handed out as this one's. The key covers the
 configuration, not the code: after changing the model, training or data
 code, delete ``runs/cache`` (or point ``HACNN_RUN_CACHE`` elsewhere) so that
 the notebooks retrain.
+
+A run's *record* (its ``log.json`` and ``cache.json``, no weights) can be
+kept where the cache does not live: :data:`RECORDS` holds those of the
+published reference run (:mod:`hacnn.reference`), committed, so a run the
+repository publishes is loaded from its record on a machine whose cache
+lacks it (same kernel path) instead of being trained again.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from .paper import BENCHMARKS, PAPER_RESULTS
 
 CACHE_ENV = "HACNN_RUN_CACHE"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+RECORDS = REPO_ROOT / "results" / "reference" / "runs"   # records of the published runs
 NOT_RUN_NO_DATA = "not run (no data)"
 NOT_RUN = "not run"
 SYNTHETIC_NOTE = "ours only: the paper has no synthetic benchmark"
@@ -75,8 +82,25 @@ class CachedRun:
     reused: bool                 # loaded from the cache (True) or trained now (False)
 
     @property
+    def from_record(self) -> bool:
+        """Loaded from its record (:data:`RECORDS`): history and config, no checkpoint."""
+        return not (self.out_dir / "last.pth").is_file()
+
+    @property
     def weights(self) -> Path:
-        return self.out_dir / "last.pth"
+        """The run's checkpoint; for a run loaded from its record (no checkpoint), the reference
+        weights exported from it (:mod:`hacnn.zoo`), else one clear error."""
+        path = self.out_dir / "last.pth"
+        if path.is_file():
+            return path
+        from .zoo import exported_from
+
+        exported = exported_from(self.out_dir.name)
+        if exported is None:
+            raise FileNotFoundError(f"the run {self.out_dir.name} was loaded from its record "
+                                    f"({self.out_dir}), which keeps no weights, and no reference weights "
+                                    "were exported from it: train it again (delete the record) to get them")
+        return exported
 
 
 def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | None = None,
@@ -147,6 +171,28 @@ def _finished(out: Path, config: dict) -> bool:
         and (out / "last.pth").is_file()
 
 
+def _recorded(records: Path, name: str, config: dict) -> Path | None:
+    """The folder of ``name``'s record in ``records`` when it is a finished run of ``config``."""
+    out = Path(records) / name
+    try:
+        log = json.loads((out / "log.json").read_text())
+        saved = json.loads((out / "cache.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = log.get("status") == "finished" and saved == json.loads(json.dumps(config, default=str))
+    return out if ok else None
+
+
+def record_run(run: "CachedRun", records: str | os.PathLike = RECORDS) -> Path:
+    """Keep ``run``'s record (``log.json``, ``cache.json``) in ``records`` (see :data:`RECORDS`)."""
+    out = Path(records) / run.out_dir.name
+    if out.resolve() != run.out_dir.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("log.json", "cache.json"):
+            shutil.copy2(run.out_dir / name, out / name)
+    return out
+
+
 def _summarise(out: Path, history: list[dict], config: dict, reused: bool) -> CachedRun:
     evaluated = [r for r in history if r.get("mAP") is not None]
     final = evaluated[-1] if evaluated else {}
@@ -157,7 +203,8 @@ def _summarise(out: Path, history: list[dict], config: dict, reused: bool) -> Ca
 def cached_run(dataset: str = "synthetic", *, root=None, synthetic_size: str | None = None,
                quick: bool = False, model: dict | None = None, device: str = "cpu",
                cache: str | os.PathLike | None = None, progress: bool = False,
-               dataset_options: dict | None = None, **train) -> CachedRun:
+               dataset_options: dict | None = None, records: str | os.PathLike | None = RECORDS,
+               **train) -> CachedRun:
     """Train (or load) the run these settings describe; returns a :class:`CachedRun`.
 
     The folder is ``<cache>/<dataset>-<hash>``, the hash of :func:`run_config`;
@@ -167,6 +214,8 @@ def cached_run(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
     ``model`` holds ``HACNNConfig`` switches (``hard_attention=False``, ...);
     ``dataset_options``: the reader's options (``hacnn.data.build_dataset``
     keywords, e.g. the folder reader's ``layout`` and ``pattern``), part of the key.
+    ``records``: where a run missing from the cache is looked up as a record
+    (:data:`RECORDS`; ``None``: nowhere) before it is trained.
     """
     from .experiment import run_experiment
 
@@ -176,6 +225,9 @@ def cached_run(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
     if _finished(out, config):
         history = json.loads((out / "log.json").read_text())["epochs"]
         return _summarise(out, history, config, reused=True)
+    kept = _recorded(records, out.name, config) if records is not None else None
+    if kept is not None:
+        return _summarise(kept, json.loads((kept / "log.json").read_text())["epochs"], config, reused=True)
     result = run_experiment(dataset, out, root=root, synthetic_size=config["synthetic_size"],
                             quick=quick, force=True, model=model, device=device,
                             progress=progress, verbose=False, dataset_options=dataset_options,

@@ -58,6 +58,14 @@ def card(name: str) -> dict:
     return json.loads(weights_path(name).with_suffix(".json").read_text())
 
 
+def exported_from(run: str) -> Path | None:
+    """The reference weights exported from the training run folder named ``run``, if any."""
+    for name, info in available().items():
+        if info.get("provenance", {}).get("run") == run:
+            return WEIGHTS_DIR / f"{name}.pt"
+    return None
+
+
 def export_weights(checkpoint, name: str, *, metrics: dict, provenance: dict,
                    out_dir: str | Path = WEIGHTS_DIR) -> Path:
     """Write ``checkpoint`` (a training run's ``last.pth``) as the reference weights ``name``:
@@ -81,5 +89,5 @@ def export_weights(checkpoint, name: str, *, metrics: dict, provenance: dict,
     return path
 
 
-__all__ = ["REFERENCE_WEIGHTS", "WEIGHTS_DIR", "available", "card", "export_weights", "pretrained",
+__all__ = ["REFERENCE_WEIGHTS", "WEIGHTS_DIR", "available", "card", "export_weights", "exported_from", "pretrained",
            "weights_path"]

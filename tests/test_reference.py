@@ -115,3 +115,43 @@ def test_summary_markdown_of_a_published_folder(tmp_path):
     assert "mAP, other - full HA-CNN: +20.0 [-4.8, +44.8] at epoch 4" in text
     assert "2.0 h of training" in text and "Rank-1 50.0 / mAP 25.0" in text
     assert text.count("| 0.6 |") == 2
+
+
+def test_a_published_run_is_loaded_from_its_record_when_the_cache_lacks_it(tmp_path, monkeypatch):
+    import json
+
+    import hacnn.experiment
+    from hacnn.reproduce import cached_run, config_hash, record_run, run_config
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(hacnn.experiment, "run_experiment", no_training)
+    settings = dict(synthetic_size="tiny", seed=3, epochs=2, lr=1e-3)
+    config = run_config("synthetic", **settings)
+    name = f"synthetic-{config_hash(config)}"
+    history = [{"epoch": 1, "rank1": 0.25, "mAP": 0.2}, {"epoch": 2, "rank1": 0.5, "mAP": 0.4}]
+    made = tmp_path / "cache" / name                      # a finished run of the cache, no weights
+    made.mkdir(parents=True)
+    (made / "log.json").write_text(json.dumps({"status": "finished", "epochs": history}))
+    (made / "cache.json").write_text(json.dumps(config, default=str))
+    records = tmp_path / "records"
+    from hacnn.reproduce import CachedRun
+
+    kept = record_run(CachedRun(made, history, history[-1], history[-1], config, False), records)
+    assert kept == records / name and sorted(p.name for p in kept.iterdir()) == ["cache.json", "log.json"]
+
+    empty = tmp_path / "empty-cache"
+    r = cached_run("synthetic", cache=empty, records=records, **settings)
+    assert r.reused and r.from_record and r.out_dir == kept
+    assert r.final == history[-1] and r.best == history[-1]
+    with pytest.raises(FileNotFoundError, match="keeps no weights"):
+        r.weights
+    # not looked up without records, nor for another configuration, nor when unfinished
+    with pytest.raises(RuntimeError, match="trained"):
+        cached_run("synthetic", cache=empty, records=None, **settings)
+    with pytest.raises(RuntimeError, match="trained"):
+        cached_run("synthetic", cache=empty, records=records, **{**settings, "seed": 4})
+    (kept / "log.json").write_text(json.dumps({"status": "running", "epochs": history}))
+    with pytest.raises(RuntimeError, match="trained"):
+        cached_run("synthetic", cache=empty, records=records, **settings)
