@@ -260,17 +260,23 @@ def _train_seconds(cached) -> float:
 
 
 def publish_weights(protocol: Protocol = REFERENCE, *, device: str = "cpu", out_dir=None,
-                    provenance: dict | None = None, log=print) -> dict[str, dict]:
-    """Export the runs of :func:`weights_run` as the reference weights (:mod:`hacnn.zoo`),
-    with the test metrics of the fp16 weights themselves; returns name -> metrics."""
+                    provenance: dict | None = None, names=None, log=print) -> dict[str, dict]:
+    """Export the runs of :func:`weights_run` as the reference weights (:mod:`hacnn.zoo`; ``names``:
+    some of them, default all), with the test metrics of the fp16 weights themselves (a run
+    trained now if the cache lacks it); returns name -> metrics."""
     import json
 
     from .experiment import evaluate_checkpoint
     from .zoo import REFERENCE_WEIGHTS, WEIGHTS_DIR, export_weights
 
+    unknown = sorted(set(names or ()) - set(REFERENCE_WEIGHTS))
+    if unknown:
+        raise ValueError(f"no reference weights named {unknown}; known: {sorted(REFERENCE_WEIGHTS)}")
     out = Path(out_dir or WEIGHTS_DIR)
     written = {}
     for name, (variant, _) in REFERENCE_WEIGHTS.items():
+        if names is not None and name not in names:
+            continue
         r = weights_run(variant, protocol, device=device)
         if r.from_record:        # exported before, from this run (else r.weights raises)
             info = json.loads(r.weights.with_suffix(".json").read_text())

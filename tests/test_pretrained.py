@@ -125,3 +125,22 @@ def test_publish_weights_states_the_metrics_of_the_file_it_writes(tmp_path, weig
     assert P.pretrained("synthetic-global-only").config.local_branch is False
     assert P.pretrained("synthetic-full").config.local_branch is True
     assert len(lines) == 2
+
+
+def test_a_run_loaded_from_its_record_hands_out_the_weights_exported_from_it(tmp_path, weights_dir):
+    from hacnn.reference import publish_weights
+    from hacnn.reproduce import CachedRun
+
+    _, ckpt = _checkpoint(tmp_path)
+    P.export_weights(ckpt, "synthetic-full", metrics={}, provenance={"run": "synthetic-0123abcd"},
+                     out_dir=weights_dir)
+    record = tmp_path / "records" / "synthetic-0123abcd"        # history and config, no last.pth
+    record.mkdir(parents=True)
+    run = CachedRun(record, [], {}, {}, {}, True)
+    assert run.from_record and run.weights == weights_dir / "synthetic-full.pt"
+    other = CachedRun(tmp_path / "records" / "synthetic-ffffffff", [], {}, {}, {}, True)
+    with pytest.raises(FileNotFoundError, match="no reference weights were exported from it"):
+        other.weights
+    assert P.exported_from("synthetic-ffffffff") is None
+    with pytest.raises(ValueError, match="no reference weights named"):
+        publish_weights(names=["synthetic-nope"], out_dir=weights_dir)
