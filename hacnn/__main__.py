@@ -13,7 +13,9 @@ Examples::
     python -m hacnn evaluate --weights runs/market/best.pth --dataset market1501 --flip
     python -m hacnn convert --from-torchreid hacnn_market.pth.tar --out hacnn_market.pth
     python -m hacnn extract --weights best.pth --images gallery/ --out gallery.npz
+    python -m hacnn extract --weights best.pth --images crops/ --pattern '(?P<identity>[0-9]+)_.*' --out crops.npz
     python -m hacnn search --weights best.pth --query q.jpg --gallery gallery.npz --out ranked/
+    python -m hacnn search --weights best.pth --query q.jpg --gallery gallery.npz --index gallery.faiss --out ranked/
     python -m hacnn export --weights best.pth --out hacnn.onnx
 """
 from __future__ import annotations
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (FileExistsError, FileNotFoundError, CheckpointError, DatasetLayoutError,
-            NonFiniteLossError, DistributedInitError, ValueError, ImageReadError, ModuleNotFoundError) as e:
+            NonFiniteLossError, DistributedInitError, ValueError, ImageReadError, ImportError) as e:
         print(f"hacnn {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -11,7 +11,9 @@ path of the machine (:func:`choose_precision`), and one ``.npz`` with
 - ``pids``, ``camids`` (N,) int64 and ``has_id`` (N,) bool: the identity and
   0-based camera where the file name follows a benchmark's scheme
   (Market-1501 ``PPPP_cCsS_FFFFFF_NN.jpg``, DukeMTMC-reID ``PPPP_cC_fFFFFFFF.jpg``,
-  CUHK03-NP ``PPPP_cC_N.png``; the readers' own patterns), -1 elsewhere;
+  CUHK03-NP ``PPPP_cC_N.png``, MSMT17 ``PPPP_SSS_CC_<date><time>_FFFF_N.jpg``;
+  the readers' own patterns), or your ``pattern`` (``--pattern REGEX``, named
+  groups ``identity`` and ``camera``: :mod:`hacnn.data.names`), -1 elsewhere;
 - ``root``, ``weights``, ``digest``, ``precision``, ``feature_dim``.
 
 The file is written to a temp file in the same folder and renamed, so it is
@@ -35,8 +37,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_path
-from .data.base import IMAGE_SUFFIXES, DatasetLayoutError, regex_parser
+from .data.base import IMAGE_SUFFIXES, DatasetLayoutError
 from .data.loading import ImageDataset, ImageReadError
+from .data.names import names_ids, parse_ids
 
 __all__ = ["extract_features", "inference_net", "choose_precision", "list_images", "parse_ids",
            "extract_folder", "extract_images", "load_features", "add_extract_arguments", "model_digest", "FolderFeatures", "BF16_MIN_COSINE"]
@@ -166,19 +169,6 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def parse_ids(name: str) -> tuple[int, int] | None:
-    """(pid, 0-based camera) from a benchmark file name, or None (readers' own patterns)."""
-    from .data.cuhk03 import NP_PATTERN
-    from .data.dukemtmcreid import DukeMTMCreID
-    from .data.market1501 import Market1501
-
-    for pattern in (Market1501.name_pattern, DukeMTMCreID.name_pattern, NP_PATTERN):
-        parsed = regex_parser(pattern)(Path(name).name)
-        if parsed is not None:
-            return parsed[0], parsed[1] - 1
-    return None
-
-
 class _Images(ImageDataset):
     """``ImageDataset`` whose samples end with a read flag; with ``skip``, unreadable images
     give a zero image and ``ok=False`` instead of an :class:`ImageReadError`."""
@@ -240,12 +230,15 @@ def _parts_folder(out: Path, key: dict) -> Path:
 
 def extract_folder(weights, folder, out=None, *, batch_size: int = 64, device=None,
                    precision: str = "auto", flip: bool = False, skip_corrupt: bool = False,
-                   workers: int | None = 0, progress: bool = True, force: bool = False) -> FolderFeatures:
+                   workers: int | None = 0, progress: bool = True, force: bool = False,
+                   pattern=None) -> FolderFeatures:
     """Features of every image under ``folder`` (see the module docstring); saved to ``out``.
 
     ``weights``: a checkpoint path (hacnn or torchreid) or an :class:`~hacnn.HACNN`.
-    Other arguments: :func:`extract_images`. ``out`` is not overwritten unless
-    ``force``; its chunks in ``<out>.parts/`` make an interrupted run resumable.
+    ``pattern``: ids from this file-name regex (:mod:`hacnn.data.names`),
+    checked before anything runs. Other arguments: :func:`extract_images`.
+    ``out`` is not overwritten unless ``force``; its chunks in ``<out>.parts/``
+    make an interrupted run resumable.
     """
     from .checkpoint import load_model
 
@@ -253,6 +246,7 @@ def extract_folder(weights, folder, out=None, *, batch_size: int = 64, device=No
     if out is not None and out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     names = list_images(folder)
+    ids = names_ids(names, pattern, where=f" under {str(folder)!r}")
     model = weights if isinstance(weights, torch.nn.Module) else load_model(weights)
     parts = None
     if out is not None:
@@ -264,7 +258,7 @@ def extract_folder(weights, folder, out=None, *, batch_size: int = 64, device=No
         parts = _parts_folder(out, key)
     result = extract_images(model, names, folder, batch_size=batch_size, device=device,
                             precision=precision, flip=flip, skip_corrupt=skip_corrupt,
-                            workers=workers, progress=progress, parts=parts)
+                            workers=workers, progress=progress, parts=parts, ids=ids)
     if out is not None:
         _save(result, out, weights)
         shutil.rmtree(parts)
@@ -274,20 +268,24 @@ def extract_folder(weights, folder, out=None, *, batch_size: int = 64, device=No
 @torch.inference_mode()
 def extract_images(model, names, root=None, *, batch_size: int = 64, device=None,
                    precision: str = "auto", flip: bool = False, skip_corrupt: bool = False,
-                   workers: int | None = 0, progress: bool = True, parts: Path | None = None) -> FolderFeatures:
+                   workers: int | None = 0, progress: bool = True, parts: Path | None = None,
+                   ids=None) -> FolderFeatures:
     """Features of the images ``root / name`` (``root`` None: the names are paths).
 
     ``precision``: see :func:`choose_precision` (decided on the first batch).
     ``skip_corrupt``: leave out images that cannot be read, with one warning
     that counts them (else the first one raises :class:`ImageReadError`
     naming it). ``parts``: a folder to save (and pick up) chunks of
-    :data:`CHUNK` images. Identities come from the file names (:func:`parse_ids`).
+    :data:`CHUNK` images. ``ids``: ``(pid, camid)`` or None per name (default:
+    from the file names, :func:`parse_ids`).
     """
     from .data.transforms import build_transforms
     from .training import resolve_device
 
     names, device = [Path(n) for n in names], resolve_device(device)
-    ids = [parse_ids(n.name) for n in names]
+    ids = [parse_ids(n.name) for n in names] if ids is None else list(ids)
+    if len(ids) != len(names):
+        raise ValueError(f"ids: expected one (pid, camid) or None per name ({len(names)}), received {len(ids)}")
     items = [(str(n if root is None else Path(root) / n), *(i or (-1, -1))) for n, i in zip(names, ids)]
     size = tuple(model.config.input_size)
     data = _Images(items, build_transforms(*size, train=False), size, skip_corrupt)
@@ -368,6 +366,9 @@ def add_extract_arguments(p) -> None:
     p.add_argument("--weights", type=Path, required=True, help="hacnn or torchreid checkpoint")
     p.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="features file to write (.npz)")
+    p.add_argument("--pattern", default=None, metavar="REGEX", help="ids from this file-name regex "
+                   "instead of the benchmarks' names: named groups identity (required) and camera, as "
+                   r"--dataset folder's, e.g. '(?P<identity>\d+)_c(?P<camera>\d+)_.*' (integers; camera as written)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto (default): "
                    f"bf16 where the device computes it natively and it agrees with fp32 on the first batch "
@@ -385,7 +386,8 @@ def add_extract_arguments(p) -> None:
 def run_extract(args) -> int:
     r = extract_folder(args.weights, args.images, args.out, batch_size=args.batch_size, device=args.device,
                        precision=args.precision, flip=args.flip, skip_corrupt=args.skip_corrupt,
-                       workers=args.workers, progress=not args.no_progress, force=args.force)
+                       workers=args.workers, progress=not args.no_progress, force=args.force,
+                       pattern=args.pattern)
     print(f"wrote {args.out}: {len(r.paths)} images x {r.features.shape[1]}-d features ({r.precision}), "
           f"{int(r.has_id.sum())} with ids from their names" + (f", {len(r.skipped)} skipped" if r.skipped else ""))
     return 0

@@ -1,5 +1,6 @@
 """hacnn.features (folder extraction) and hacnn.search: against extract_features and brute force."""
 import csv
+import dataclasses
 import re
 import warnings
 from pathlib import Path
@@ -8,6 +9,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from hacnn import HACNN, features
@@ -65,11 +67,66 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name)
 
 
+@pytest.fixture
+def gallery_index():
+    """hacnn.index.GalleryIndex with FAISS on one thread (skipped without the faiss extra)."""
+    faiss = pytest.importorskip("faiss")
+    from hacnn.index import GalleryIndex
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield GalleryIndex
+    faiss.omp_set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- listing and names
 
 def test_list_images_is_recursive_sorted_and_skips_hidden_and_other_files(gallery):
     assert [p.as_posix() for p in list_images(gallery)] == sorted(n for n, _ in NAMES)
     assert [parse_ids(Path(n).name) for n, _ in NAMES] == [i for _, i in NAMES]
+
+
+# MSMT17 (V1 and V2 name their files alike; V1's list paths carry the pid folder)
+MSMT17_NAMES = [("0000_011_01_0303morning_0015_0.jpg", (0, 0)), ("0000/0000_000_01_0303morning_0036_0.jpg", (0, 0)),
+                ("1040_003_15_0113noon_0102_1.jpg", (1040, 14)), ("3059_016_07_0302afternoon_1092_2.jpg", (3059, 6)),
+                ("0001_02_03.jpg", None), ("0001_002_03_0303morning_0001_0.png", None)]
+CROPS = [("p0012-cam3-001.png", (12, 3)), ("p0012-cam1-002.jpg", (12, 1)), ("sub/p0030-cam2-001.png", (30, 2)),
+         ("readme.png", None)]
+CROP_PATTERN = r"p(?P<identity>\d+)-cam(?P<camera>\d+)-\d+"
+
+
+def test_parse_ids_reads_msmt17_names_and_a_pattern():
+    assert [parse_ids(n) for n, _ in MSMT17_NAMES] == [i for _, i in MSMT17_NAMES]
+    assert [parse_ids(n, CROP_PATTERN) for n, _ in CROPS] == [i for _, i in CROPS]
+    assert parse_ids("p7-x.jpg", r"p(?P<identity>-?\d+)-.*") == (7, -1)          # no camera group: -1
+    assert parse_ids("0002_c1s1_000451_03.jpg", CROP_PATTERN) is None             # the pattern alone
+
+
+def test_extract_with_a_pattern_counts_the_names_it_misses(model, tmp_path):
+    root, out = write_images(tmp_path / "crops", CROPS), tmp_path / "f.npz"
+    with pytest.warns(RuntimeWarning, match=r"does not match 1 of 4 file names under '.*crops', e\.g\. 'readme\.png'"):
+        extract_folder(model, root, out, pattern=CROP_PATTERN, precision="fp32", progress=False)
+    z, ids = load_features(out), dict(CROPS)
+    assert z.paths == sorted(ids)
+    np.testing.assert_array_equal(z.has_id, [ids[n] is not None for n in z.paths])
+    np.testing.assert_array_equal(z.pids, [ids[n][0] if ids[n] else -1 for n in z.paths])
+    np.testing.assert_array_equal(z.camids, [ids[n][1] if ids[n] else -1 for n in z.paths])
+
+
+@pytest.mark.parametrize("pattern, error, message", [
+    (r"p(\d+)-cam(?P<camera>\d+)-.*", ValueError, "has no named group 'identity'"),
+    (r"person(?P<identity>\d+)_.*", DatasetLayoutError, r"matches none of the 4 file names under '.*crops'"),
+    (r"(?P<identity>[a-z]+)\d*.*", ValueError, r"'p0012-cam1-002\.jpg': the pattern's identity 'p' is not an integer"),
+    ("(?P<identity>[", ValueError, "is not a valid regular expression"),
+], ids=["no-identity-group", "matches-no-file", "non-integer-identity", "invalid-regex"])
+def test_a_bad_pattern_is_one_clear_error_and_writes_nothing(tmp_path, capsys, pattern, error, message):
+    root, out = write_images(tmp_path / "crops", CROPS), tmp_path / "f.npz"
+    with pytest.raises(error, match=message):
+        extract_folder(HACNN(5, **TINY), root, out, pattern=pattern, progress=False)
+    w = checkpoint(tmp_path / "w.pth", HACNN(5, **TINY))
+    assert main(["extract", "--weights", str(w), "--images", str(root), "--out", str(out), "--pattern", pattern]) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists() and not (tmp_path / "f.npz.parts").exists() and leftovers(tmp_path) == []
 
 
 def test_no_images_is_one_clear_error(tmp_path):
@@ -235,6 +292,89 @@ def test_a_gallery_of_another_feature_size_is_refused(gallery, model, tmp_path):
         load_features(tmp_path / "junk.npz")
 
 
+# ----------------------------------------------------------------------------- a FAISS index
+
+def two_unit_halves(n, dim, seed):
+    """(n, dim) features in HA-CNN's eval layout: two L2-normalised halves (norm sqrt 2)."""
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([F.normalize(h, dim=1) for h in x.chunk(2, dim=1)], 1).numpy()
+
+
+def ternary(n, dim, seed):
+    """(n, dim) features of +-0.5 and 0 (4 non-zeros per half): every distance exact, many ties."""
+    rng, x = np.random.default_rng(seed), np.zeros((n, dim), np.float32)
+    for half in (0, dim // 2):
+        for row in x:
+            row[half + rng.choice(dim // 2, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    return x
+
+
+@pytest.mark.parametrize("index_metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_rank_through_an_exact_index_equals_the_exact_path(gallery_index, index_metric, metric):
+    gf, qf = two_unit_halves(60, 32, 0), two_unit_halves(6, 32, 1)
+    gf[[20, 41]] = gf[7]                                              # tied rows
+    index = gallery_index(32, metric=index_metric).add(gf)
+    for k in (5, 60):
+        d, i = rank(qf, gf, k, metric=metric)
+        di, ii = rank(qf, gf, k, metric=metric, index=index)
+        np.testing.assert_array_equal(ii, i)
+        np.testing.assert_allclose(di, d, rtol=1e-5, atol=1e-6)
+    # exact ties everywhere: within the k, the gallery order, as the exact path
+    gf, qf = ternary(40, 32, 2), ternary(25, 32, 3)
+    gf[[20, 33]], qf[0] = gf[5], gf[5]
+    index = gallery_index(32, metric=index_metric).add(gf)
+    d, i = rank(qf, gf, 40, metric=metric)
+    di, ii = rank(qf, gf, 40, metric=metric, index=index)
+    assert (np.diff(d, axis=1) == 0).sum() > 500                        # it does test ties
+    np.testing.assert_array_equal(ii, i), np.testing.assert_array_equal(di, d)
+    assert list(ii[0, :3]) == [5, 20, 33]
+    d5, _ = rank(qf, gf, 5, metric=metric, index=index)                # at the k-th: FAISS's choice
+    np.testing.assert_array_equal(d5, d[:, :5])
+
+
+def test_cli_search_through_a_saved_exact_index_writes_the_exact_csv(gallery, model, tmp_path, capsys, gallery_index):
+    w = checkpoint(tmp_path / "w.pth", model)
+    feats = extract_folder(w, gallery, tmp_path / "g.npz", precision="fp32", progress=False)
+    gallery_index(model.feature_dim).add(feats.features).save(tmp_path / "g.faiss")
+    args = ["search", "--weights", str(w), "--query", str(gallery / "0002_c1s1_000451_03.jpg"),
+            str(gallery / "holiday.png"), "--gallery", str(tmp_path / "g.npz"), "--topk", "4", "--no-progress",
+            "--no-figures"]
+    assert main(args + ["--out", str(tmp_path / "exact")]) == 0
+    assert main(args + ["--out", str(tmp_path / "faiss"), "--index", str(tmp_path / "g.faiss")]) == 0
+    assert "through " in capsys.readouterr().out
+    exact, via = (list(csv.DictReader(open(tmp_path / d / CSV_NAME))) for d in ("exact", "faiss"))
+    assert len(exact) == 8 and [{**r, "distance": ""} for r in via] == [{**r, "distance": ""} for r in exact]
+    np.testing.assert_allclose([float(r["distance"]) for r in via], [float(r["distance"]) for r in exact],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_index_bad_inputs_are_clear_errors_and_write_nothing(gallery, model, tmp_path, capsys, gallery_index):
+    feats = extract_folder(model, gallery, None, precision="fp32", progress=False)          # 7 x 32
+    full, out, query = gallery_index(32).add(feats.features), tmp_path / "out", [gallery / "holiday.png"]
+    gallery_index(16).add(np.ones((7, 16), np.float32)).save(tmp_path / "narrow.faiss")
+    varying = dataclasses.replace(feats, features=feats.features * np.arange(1, 8, dtype=np.float32)[:, None])
+    for gal, kw, message in [
+            (feats, dict(index=tmp_path / "narrow.faiss"), r"expected an index for feature size 32.* feature size 16"),
+            (feats, dict(index=gallery_index(16).add(np.ones((7, 16), np.float32))), r"feature size 32 .*feature size 16"),
+            (feats, dict(index=full, topk=8), r"topk: expected at most 7, the size of the gallery index, received 8"),
+            (feats, dict(index=full, rerank=True), r"re-ranking needs the full query-gallery and gallery-gallery"),
+            (feats, dict(index=gallery_index(32).add(feats.features[:5])), r"expected the 7 gallery rows .* received 5"),
+            (varying, dict(index=gallery_index(32).add(varying.features)), r"'cosine' index ranks as the 'euclidean'"),
+            (gallery, dict(index=full), r"expected the gallery as the features \.npz .* received the folder")]:
+        with pytest.raises(ValueError, match=message):
+            search_gallery(model, query, gal, out, progress=False, **{"topk": 3, **kw})
+        assert not out.exists()
+    with pytest.raises(ValueError, match=r"a 'cosine' GalleryIndex gives cosine distances"):
+        rank(feats.features[:2], full, 3)                             # an index alone: its own metric only
+    w = checkpoint(tmp_path / "w.pth", model)
+    extract_folder(w, gallery, tmp_path / "g.npz", precision="fp32", progress=False)
+    assert main(["search", "--weights", str(w), "--query", str(query[0]), "--gallery", str(tmp_path / "g.npz"),
+                 "--index", str(tmp_path / "narrow.faiss"), "--out", str(out), "--no-progress"]) == 1
+    assert re.search(r"error: index '.*narrow\.faiss': expected an index for feature size 32", capsys.readouterr().err)
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- command line
 
 def test_cli_extract_and_search(gallery, model, tmp_path, capsys):
@@ -261,8 +401,8 @@ def test_cli_extract_and_search(gallery, model, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command, flags", [
-    ("extract", ["--weights", "--images", "--out", "--precision", "--skip-corrupt", "--force"]),
-    ("search", ["--weights", "--query", "--gallery", "--topk", "--out", "--rerank", "--metric"]),
+    ("extract", ["--weights", "--images", "--out", "--precision", "--skip-corrupt", "--force", "--pattern"]),
+    ("search", ["--weights", "--query", "--gallery", "--topk", "--out", "--rerank", "--metric", "--index"]),
     ("export", ["--weights", "--out", "--opset", "--batch", "--dynamo"]),
 ])
 def test_subcommand_help(capsys, command, flags):

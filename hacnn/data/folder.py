@@ -100,6 +100,12 @@ def compile_pattern(pattern: str | re.Pattern | None, layout: str) -> re.Pattern
     return regex
 
 
+def match_name(regex: re.Pattern, name: str) -> dict[str, str] | None:
+    """The groups that matched of ``regex`` on the whole file name or its stem; None: no match."""
+    match = regex.fullmatch(name) or regex.fullmatch(os.path.splitext(name)[0])
+    return None if match is None else {k: v for k, v in match.groupdict().items() if v is not None}
+
+
 def _has_identity_group(pattern: str | re.Pattern | None) -> bool:
     try:
         return pattern is not None and "identity" in re.compile(pattern).groupindex
@@ -130,13 +136,12 @@ class _Scan:
         return images, dirs
 
     def _parse(self, path: Path, identity: str | None) -> Raw:
-        groups: dict[str, str] = {}
+        groups: dict[str, str] | None = {}
         if self.regex is not None:
-            match = self.regex.fullmatch(path.name) or self.regex.fullmatch(path.stem)
-            if match is None:
+            groups = match_name(self.regex, path.name)
+            if groups is None:
                 raise DatasetLayoutError(f"file name {str(path)!r} does not match the pattern "
                                          f"{self.regex.pattern!r}")
-            groups = {k: v for k, v in match.groupdict().items() if v is not None}
         identity = groups.get("identity") if identity is None else identity
         if not identity:
             raise DatasetLayoutError(f"{str(path)!r}: the pattern's 'identity' group is empty")
