@@ -1,4 +1,4 @@
-"""Command line: ``python -m hacnn {train,evaluate,convert,synth,extract,search,export,reproduce} ...``.
+"""Command line: ``python -m hacnn {train,evaluate,convert,synth,extract,index,search,export,reproduce} ...``.
 
 Examples::
 
@@ -14,6 +14,7 @@ Examples::
     python -m hacnn convert --from-torchreid hacnn_market.pth.tar --out hacnn_market.pth
     python -m hacnn extract --weights best.pth --images gallery/ --out gallery.npz
     python -m hacnn extract --weights best.pth --images crops/ --pattern '(?P<identity>[0-9]+)_.*' --out crops.npz
+    python -m hacnn index --features gallery.npz --out gallery.faiss --mode hnsw --hnsw-m 32 --ef-search 128
     python -m hacnn search --weights best.pth --query q.jpg --gallery gallery.npz --out ranked/
     python -m hacnn search --weights best.pth --query q.jpg --gallery gallery.npz --index gallery.faiss --out ranked/
     python -m hacnn export --weights best.pth --out hacnn.onnx
@@ -301,12 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .export import add_export_arguments
     from .features import add_extract_arguments
+    from .index import add_index_arguments
     from .search import add_search_arguments
     for name, add, short, long in (
             ("extract", add_extract_arguments, "features of a folder of images into an .npz",
              "Extract the features of every image under --images (recursive, sorted) into --out "
              "(.npz: paths, features, pids/camids where the names carry them). Resumable; never a "
              "partial file."),
+            ("index", add_index_arguments, "build a FAISS gallery index from an extract .npz",
+             "Build a hacnn.index.GalleryIndex (exact, ivf or hnsw) over every row of a features .npz, in "
+             "order (the ids search --index expects; ivf is trained on them), and save it atomically to "
+             "--out (needs faiss: pip install -e '.[faiss]')."),
             ("search", add_search_arguments, "rank a gallery for query images",
              "Rank a gallery (a folder, or an .npz from extract) for each --query image: a CSV of "
              "the top-k and one figure per query."),

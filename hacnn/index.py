@@ -32,6 +32,11 @@ the gallery and the search is exact, the result equals
 :func:`hacnn.evaluation.evaluate_features` (to float rounding of distances);
 with a smaller ``k`` or an approximate mode, matches not retrieved count as
 misses, so CMC, mAP and mINP are lower bounds of the exact ones.
+
+``python -m hacnn index --features gallery.npz --out gallery.faiss --mode hnsw``
+(:func:`build_index`, :func:`run_index`) builds an index over every row of an
+``extract`` ``.npz`` in order (ids = rows, as ``search --index`` expects) and
+saves it atomically.
 """
 from __future__ import annotations
 
@@ -39,7 +44,9 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,7 +54,8 @@ import torch
 from .evaluation import (METRICS, RankResult, _as_features, _check_choice, _check_ids, _fail,
                          _row_chunks, _SamePid, _summarise)
 
-__all__ = ["IndexConfig", "GalleryIndex", "estimate_memory", "evaluate_with_index"]
+__all__ = ["IndexConfig", "GalleryIndex", "estimate_memory", "evaluate_with_index", "build_index",
+           "add_index_arguments", "run_index"]
 
 MODES = ("exact", "ivf", "hnsw")
 MODE_PARAMS = {"exact": (), "ivf": ("nlist", "nprobe", "pq_m", "pq_bits"),
@@ -82,7 +90,7 @@ def _faiss():
     try:
         import faiss
     except ImportError as err:
-        raise ImportError("hacnn.index needs FAISS: pip install 'hacnn[faiss]' (faiss-cpu)") from err
+        raise ImportError("hacnn.index needs FAISS: pip install -e '.[faiss]' (faiss-cpu)") from err
     return faiss
 
 
@@ -351,3 +359,65 @@ def evaluate_with_index(index: GalleryIndex, qf, q_pids, g_pids, q_camids, g_cam
         firsts.append(torch.where(got[:, 0], rank[:, 0], 0)[:, None]), totals.append(total)
     return _summarise(torch.cat(firsts), torch.cat(aps), torch.cat(inps), min(max_rank, k),
                       valid=torch.cat(totals) > 0)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def build_index(features, mode: str = "exact", **params) -> GalleryIndex:
+    """A :class:`GalleryIndex` over all (N, dim) rows in order (ids 0..N-1), trained on them for ivf."""
+    feats = _as_features(features, "features")
+    index = GalleryIndex(feats.shape[1], mode, **params)
+    cfg = index.config
+    need = max(cfg.nlist, (1 << cfg.pq_bits) if cfg.pq_m else 0) if mode == "ivf" else 1
+    if len(feats) < need:
+        _fail("features", f"at least {need} vectors to train {cfg.factory()} (nlist = {cfg.nlist}"
+              + (f", 2^pq_bits = {1 << cfg.pq_bits}" if cfg.pq_m else "") + "; FAISS advises 30-256 per "
+              "cell): lower nlist / pq_bits, or use mode exact or hnsw", f"{len(feats)} vectors")
+    return index.train(feats).add(feats)
+
+
+_FLAGS = {"nlist": ("--nlist", "ivf: k-means cells"), "nprobe": ("--nprobe", "ivf: cells scanned per query"),
+          "pq_m": ("--pq-m", "ivf: PQ bytes per vector, a divisor of the feature size (0: IVF-Flat)"),
+          "pq_bits": ("--pq-bits", "ivf-pq: bits per code"), "M": ("--hnsw-m", "hnsw: links per node"),
+          "ef_construction": ("--ef-construction", "hnsw: candidate list while building"),
+          "ef_search": ("--ef-search", "hnsw: candidate list while searching")}
+
+
+def add_index_arguments(p) -> None:
+    """``python -m hacnn index`` options (defaults: :class:`IndexConfig`'s)."""
+    d = IndexConfig()
+    p.add_argument("--features", type=Path, required=True, help="gallery .npz of `python -m hacnn extract`")
+    p.add_argument("--out", type=Path, required=True, help="index file to write (e.g. gallery.faiss)")
+    p.add_argument("--mode", choices=MODES, default=d.mode, help="exact (flat, default), ivf (IVF-Flat, "
+                   "or IVF-PQ with --pq-m; trained on the features) or hnsw")
+    p.add_argument("--metric", choices=METRICS, default=None, help=f"default: {d.metric} (normalised, "
+                   "inner product; ranks as euclidean for features of one norm, as HA-CNN's)")
+    for name, (flag, text) in _FLAGS.items():
+        p.add_argument(flag, dest=name, type=int, default=None, help=f"{text} (default: {getattr(d, name)})")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(func=run_index)
+
+
+def run_index(args) -> int:
+    """``index``: a :class:`GalleryIndex` over a features ``.npz`` into ``--out`` (never over one without --force)."""
+    from .checkpoint import atomic_path
+    from .features import load_features
+
+    out = Path(args.out)
+    if out.is_dir() or (out.exists() and not args.force):
+        raise FileExistsError(f"{out} " + ("is a folder" if out.is_dir() else "exists; pass --force to overwrite it"))
+    other = [_FLAGS[n][0] for n in _FLAGS if n not in MODE_PARAMS[args.mode] and getattr(args, n) is not None]
+    if other:
+        raise ValueError(f"{other[0]}: not an option of --mode {args.mode}")
+    feats = load_features(args.features).features
+    params = {n: getattr(args, n) for n in ("metric",) + MODE_PARAMS[args.mode] if getattr(args, n) is not None}
+    start = time.perf_counter()
+    index = build_index(feats, args.mode, **params)
+    seconds = time.perf_counter() - start
+    with atomic_path(out) as tmp:
+        index.save(tmp)
+    size = out.stat().st_size
+    print(f"wrote {out}: {index.ntotal} vectors x {index.dim}-d, {args.mode} ({index.config.factory()}, "
+          f"{index.config.metric}), built in {seconds:.1f} s, "
+          + (f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.0f} KiB"))
+    return 0

@@ -402,6 +402,8 @@ def test_cli_extract_and_search(gallery, model, tmp_path, capsys):
 
 @pytest.mark.parametrize("command, flags", [
     ("extract", ["--weights", "--images", "--out", "--precision", "--skip-corrupt", "--force", "--pattern"]),
+    ("index", ["--features", "--out", "--mode", "--metric", "--nlist", "--nprobe", "--pq-m", "--pq-bits",
+               "--hnsw-m", "--ef-construction", "--ef-search", "--force"]),
     ("search", ["--weights", "--query", "--gallery", "--topk", "--out", "--rerank", "--metric", "--index"]),
     ("export", ["--weights", "--out", "--opset", "--batch", "--dynamo"]),
 ])

@@ -1,5 +1,6 @@
 """hacnn.index: FAISS gallery index vs brute force and the package's exact evaluation."""
 import os
+import re
 from unittest import mock
 
 import numpy as np
@@ -301,3 +302,81 @@ def test_evaluate_with_index_checks_gallery_ids():
     shifted = GalleryIndex(64).add(gf, ids=np.arange(240) + 1)
     with pytest.raises(ValueError, match="index ids: expected gallery positions"):
         evaluate_with_index(shifted, qf, qp, gp, qc, gc)
+
+
+# ----------------------------------------------------------------------------- python -m hacnn index
+
+def write_features(path, features):
+    """A features .npz as `python -m hacnn extract` writes it (the keys load_features reads)."""
+    n = len(features)
+    np.savez(path, paths=np.array([f"{i:04d}_c1s1_000000_00.jpg" for i in range(n)]), features=features,
+             pids=np.arange(n), camids=np.zeros(n, int), has_id=np.ones(n, bool), root="/gallery",
+             precision="fp32", digest="0" * 16)
+    return path
+
+
+def unit_halves(n, dim, seed):
+    """(n, dim) float32 features in HA-CNN's eval layout: two L2-normalised halves (one norm)."""
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([F.normalize(h, dim=1) for h in x.chunk(2, dim=1)], 1).numpy()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_cli_exact_index_ranks_as_the_exact_search(tmp_path, capsys, metric):
+    from hacnn.__main__ import main
+    from hacnn.search import rank
+
+    g, q = unit_halves(60, 16, 0), unit_halves(5, 16, 1)
+    npz, out = write_features(tmp_path / "g.npz", g), tmp_path / "sub" / "g.faiss"
+    assert main(["index", "--features", str(npz), "--out", str(out), "--metric", metric]) == 0
+    assert f"60 vectors x 16-d, exact (Flat, {metric}), built in" in capsys.readouterr().out
+    index = GalleryIndex.load(out, dim=16, mode="exact")
+    d, i = rank(q, g, 7, index=index)
+    ref_d, ref_i = rank(q, g, 7)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-6)
+    assert sorted(os.listdir(out.parent)) == ["g.faiss"]               # no temp file left
+
+
+@pytest.mark.parametrize("argv, summary, config", [
+    (["--mode", "hnsw", "--hnsw-m", "8", "--ef-search", "24"], "hnsw (HNSW8,Flat, cosine)", dict(M=8, ef_search=24)),
+    (["--mode", "ivf", "--nlist", "4", "--nprobe", "2", "--pq-m", "4", "--pq-bits", "4"], "ivf (IVF4,PQ4x4, cosine)",
+     dict(nlist=4, nprobe=2, pq_m=4, pq_bits=4))])
+def test_cli_approximate_index_reloads_with_its_options(tmp_path, capsys, argv, summary, config):
+    from hacnn.__main__ import main
+
+    npz, out = write_features(tmp_path / "g.npz", unit_halves(200, 16, 2)), tmp_path / "g.faiss"
+    assert main(["index", "--features", str(npz), "--out", str(out), *argv]) == 0
+    assert f"200 vectors x 16-d, {summary}" in capsys.readouterr().out
+    index = GalleryIndex.load(out)
+    assert (index.ntotal, index.dim, index.mode) == (200, 16, argv[1])
+    assert {k: getattr(index.config, k) for k in config} == config
+    np.testing.assert_array_equal(np.sort(index._ids), np.arange(200))
+
+
+def test_cli_index_refusals_are_one_clear_error_and_write_nothing(tmp_path, capsys):
+    from hacnn.__main__ import main
+
+    npz, out = write_features(tmp_path / "g.npz", unit_halves(40, 16, 3)), tmp_path / "g.faiss"
+    out.write_bytes(b"old index")
+    base = ["index", "--features", str(npz), "--out", str(out)]
+    assert main(base) == 1
+    assert "g.faiss exists; pass --force" in capsys.readouterr().err and out.read_bytes() == b"old index"
+    new = tmp_path / "new.faiss"
+    for argv, message in [
+            (["--mode", "ivf", "--nlist", "64"], r"at least 64 vectors to train IVF64,Flat .*received 40 vectors"),
+            (["--mode", "ivf", "--nlist", "4", "--pq-m", "4", "--pq-bits", "8"],
+             r"at least 256 vectors to train IVF4,PQ4x8 .*2\^pq_bits = 256.*received 40 vectors"),
+            (["--mode", "hnsw", "--nlist", "8"], r"--nlist: not an option of --mode hnsw")]:
+        assert main(["index", "--features", str(npz), "--out", str(new), *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("hacnn index: error:") and re.search(message, err), err
+    (tmp_path / "junk.npz").write_bytes(b"nope")
+    for features, message in [("junk.npz", "is not a features file"), ("missing.npz", "features file not found")]:
+        assert main(["index", "--features", str(tmp_path / features), "--out", str(new)]) == 1
+        assert message in capsys.readouterr().err
+    with mock.patch.dict("sys.modules", {"faiss": None}):
+        assert main(["index", "--features", str(npz), "--out", str(new)]) == 1
+    assert "needs FAISS: pip install -e '.[faiss]'" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["g.faiss", "g.npz", "junk.npz"]
+    assert main(base + ["--force"]) == 0 and GalleryIndex.load(out).ntotal == 40
