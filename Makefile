@@ -39,7 +39,7 @@ reproduce: $(STAMP)
 NBVAL       := $(PY) -m pytest -q -p no:randomly --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval notebooks
 OTHER_ISA   := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS) tests; rc=$$?; \
+	$(PY) -m pytest -n 2 --dist loadscope -q $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 	  HACNN_FIGURES_DIR=$(CURDIR)/runs/nbval-figures $(NBVAL) && \

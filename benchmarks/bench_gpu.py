@@ -1,6 +1,7 @@
 """GPU speed: hacnn vs torchreid's HACNN (same weights, same inputs, one process).
 
     python benchmarks/bench_gpu.py [--device cuda] [--infer-batches 64 256] [--train-batches 32 64]
+    python benchmarks/bench_gpu.py --cuda-graphs --train-batches        # + CUDA-graph inference, batch 64 and 256
 
 Inference (eval mode) and training steps (forward in train mode, identity
 cross-entropy on both heads, backward, Adam) for both models in fp32, fp32 +
@@ -12,6 +13,13 @@ runs ``--iters`` forwards (or steps) and synchronises; calls are interleaved
 (A B C A B C ...) and the median is kept. Also prints the card, the largest
 feature difference between the models in full fp32 (TF32 off), and the peak
 GPU memory of one batch-64 inference and training step.
+
+``--cuda-graphs`` adds hacnn's inference through ``CUDAGraphFeatures`` (the
+``optimize_for_inference`` forward captured once per batch size and
+precision as a CUDA graph and replayed; each call includes copying the batch
+into the graph's input and its features out), at each ``--infer-batches``
+size (default 64 and 256), and its largest feature difference from the eager
+forward in full fp32 (TF32 off).
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import AMP, channels_last_copy as cl, interleaved_rates, train_step_fn, torchreid_pair  # noqa: E402
 
-from hacnn.inference import optimize_for_inference  # noqa: E402
+from hacnn.inference import CUDAGraphFeatures, optimize_for_inference  # noqa: E402
 
 NUM_CLASSES = 751
 
@@ -64,8 +72,12 @@ def main(argv=None) -> None:
     p.add_argument("--train-batches", type=int, nargs="*", default=[32, 64])
     p.add_argument("--iters", type=int, default=10, help="forwards (or steps) per timed call")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time hacnn's inference as a replayed CUDA graph (hacnn.inference.CUDAGraphFeatures)")
     a = p.parse_args(argv)
     dev = torch.device(a.device)
+    if a.cuda_graphs and dev.type != "cuda":
+        p.error("--cuda-graphs needs a CUDA --device")
     torch.backends.cudnn.benchmark = True
     tr, ours = torchreid_pair(NUM_CLASSES)
     tr.use_gpu = dev.type == "cuda"        # torchreid moves its crop parameters with .cuda()
@@ -94,6 +106,9 @@ def main(argv=None) -> None:
             cos = F.cosine_similarity(f, f32, dim=1)
             print(f"hacnn {amp} autocast vs fp32 feature cosine: min {cos.min().item():.5f}, "
                   f"max |diff| {(f - f32).abs().max().item():.2e}")
+        if a.cuda_graphs:
+            f = CUDAGraphFeatures(fast, len(x_cl))(x_cl)
+            print(f"max |hacnn CUDA graph - eager| fp32 feature (TF32 off): {(f - f32).abs().max().item():.2e}")
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
     results = {}
@@ -111,8 +126,19 @@ def main(argv=None) -> None:
             "hacnn bf16 autocast + optimize_for_inference": infer_fn(fast, x_cl, "bf16", a.iters, dev),
             "hacnn fp16 autocast + optimize_for_inference": infer_fn(fast, x_cl, "fp16", a.iters, dev),
         }
+        if a.cuda_graphs:         # the precision is captured in the graph: called outside autocast
+            for amp in AMP:
+                graphed = CUDAGraphFeatures(fast, b, autocast=AMP[amp])
+                paths[f"hacnn {amp} CUDA graph (optimize_for_inference)"] = infer_fn(graphed, x_cl, "fp32",
+                                                                                  a.iters, dev)
         results[("inference", b)] = interleaved_rates(paths, b * a.iters, repeats=a.repeats, warmup=2)
         _report("inference", b, results[("inference", b)])
+        if a.cuda_graphs:
+            rates = results[("inference", b)]
+            for amp in AMP:
+                eager = next(k for k in rates if k.startswith(f"hacnn {amp}") and "optimize_for_inference" in k)
+                print(f"  ratio {amp} CUDA graph / eager (optimize_for_inference): "
+                      f"{rates[f'hacnn {amp} CUDA graph (optimize_for_inference)'] / rates[eager]:.2f}x")
 
     y_all = torch.randint(0, NUM_CLASSES, (max(a.train_batches),), generator=g).to(dev)
     for b in a.train_batches:

@@ -23,6 +23,13 @@ after some 26,000 images::
 
     fast = torch.compile(optimize_for_inference(model, dtype=torch.bfloat16))
     feats = fast(images.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+
+On a GPU, where a batch's hundreds of small kernels can cost more to launch
+than to run, :class:`CUDAGraphFeatures` captures the eval forward once as a
+CUDA graph at a fixed batch size and replays it (issue 19)::
+
+    graphed = CUDAGraphFeatures(optimize_for_inference(model.cuda()), batch_size=64)
+    feats = graphed(images)                  # (N, 3, H, W), any N -> (N, D) on the GPU
 """
 from __future__ import annotations
 
@@ -128,3 +135,69 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True,
     if dtype is not None:
         fast = fast.to(dtype)
     return fast.requires_grad_(False)
+
+
+class CUDAGraphFeatures(nn.Module):
+    """The eval forward of ``net`` captured once as a CUDA graph at ``batch_size`` and replayed.
+
+    Calling it copies the images (any device, dtype or layout) into the
+    graph's static input ``batch_size`` at a time, the last batch padded with
+    zeros (in eval mode an image's feature depends on that image alone: batch
+    norm uses its running statistics), replays the graph and returns a copy
+    of the rows that were images: ``(N, 3, H, W) -> (N, D)`` on the model's
+    GPU. ``autocast`` (e.g. ``torch.bfloat16``) captures the forward under
+    autocast (its weight cache off, as capture requires); a model with bf16
+    weights (``optimize_for_inference(model, dtype=torch.bfloat16)``) is fed
+    bf16. The graph holds its own memory pool and the model's weights by
+    address: move or change the model and capture again. CUDA only: a model
+    on another device is one clear error (run the model itself there).
+    ``benchmarks/bench_gpu.py --cuda-graphs`` measures it.
+    """
+
+    def __init__(self, net: nn.Module, batch_size: int = 64, *, autocast: torch.dtype | None = None,
+                 channels_last: bool = True, input_size: tuple[int, int] | None = None,
+                 warmup: int = 3) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if net.training:
+            raise ValueError("capture an eval-mode model: model.eval() or optimize_for_inference(model)")
+        param = next(net.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a model on a CUDA device; this one is on {device}. "
+                             "Elsewhere run the model itself (e.g. optimize_for_inference(model))")
+        h, w = input_size or net.config.input_size
+        self.net, self.batch_size, self.autocast = net, batch_size, autocast
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.static_input = torch.zeros((batch_size, 3, h, w), device=device,
+                                        dtype=param.dtype).contiguous(memory_format=layout)   # (B, 3, H, W)
+        current, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+        side.wait_stream(current)
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(warmup):              # cuDNN's autotuning and lazy set-up, outside the graph
+                self._forward()
+        current.wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.static_output = self._forward()                                  # (B, D)
+
+    def _forward(self) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=self.autocast or torch.float32, enabled=self.autocast is not None,
+                            cache_enabled=False):
+            return self.net(self.static_input)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        shape = tuple(self.static_input.shape[1:])
+        if images.dim() != 4 or tuple(images.shape[1:]) != shape:
+            raise ValueError(f"expected images of shape (N, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            n = len(chunk)
+            self.static_input[:n].copy_(chunk)
+            if n < self.batch_size:
+                self.static_input[n:].zero_()      # padding: its rows are computed and dropped
+            self.graph.replay()
+            out.append(self.static_output[:n].clone())
+        return torch.cat(out) if out else self.static_output[:0].clone()

@@ -4,7 +4,9 @@ The multi-process tests launch this file as a script under torchrun
 (``python -m torch.distributed.run``; see ``_worker`` at the bottom) on a tiny
 Market-1501-layout set of noise images (8 training identities x 8, a global
 batch of 16 = 4 ids x 4, so 4 steps an epoch) and a reduced HA-CNN, one
-thread per process, every subprocess with a timeout.
+thread per process, every subprocess with a timeout. ``make test`` keeps this
+module on one pytest-xdist worker (``--dist loadscope``), so the module-scoped
+runs that several tests compare are built once.
 
 Why noise images, fixed stripes and NCHW in the runs that are compared with a
 single process: with SyncBatchNorm and the mean loss, DDP's gradient average
@@ -71,14 +73,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(*args: str, nproc: int = 2, timeout: float = 150, wait: bool = True, log: Path | None = None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--monitor-interval", "0.1",
+def _torchrun(*args: str, nproc: int = 2, timeout: float = 150, wait: bool = True, log: Path | None = None,
+              port: int | None = None, launcher: tuple[str, ...] = (), cwd: Path = REPO):
+    """torchrun ``args`` (a script or ``-m module``); ``launcher``: more torchrun flags (``--nnodes`` ...)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *launcher,
+           "--master_addr", "127.0.0.1", "--master_port", str(port or _free_port()), "--monitor-interval", "0.1",
            *args]
     if wait:
-        return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
     with open(log, "w") as f:
-        return subprocess.Popen(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        return subprocess.Popen(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
 
 
 def _run(root, out, **kw):
@@ -202,6 +206,31 @@ def test_incomplete_or_bad_environment_is_one_clear_error():
     assert distributed.local_device(cuda, {}) == cuda                             # one process: as given
     assert distributed.local_device(torch.device("cpu"), full) == torch.device("cpu")
     assert distributed.local_device(torch.device("cuda", 0), full) == torch.device("cuda", 0)
+
+
+def test_local_rank_beyond_the_visible_gpus_is_one_clear_error(monkeypatch, tmp_path, capsys):
+    """A CUDA run with more processes per machine than GPUs: local_device names LOCAL_RANK and the count."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    message = (r"LOCAL_RANK=2 but this machine has 2 visible CUDA device\(s\): --nproc_per_node must not "
+               r"exceed the GPUs per machine")
+    with pytest.raises(DistributedInitError, match=message):
+        distributed.local_device(torch.device("cuda"), env)
+    assert distributed.local_device(torch.device("cuda"), {**env, "LOCAL_RANK": "1"}) == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(DistributedInitError, match=r"LOCAL_RANK=0 but this machine has 0 visible"):
+        distributed.local_device(torch.device("cuda"), {**env, "LOCAL_RANK": "0"})
+    # through the CLI (the default device is CUDA where it is available): that line, before any file
+    from hacnn.__main__ import main
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hacnn train: error: LOCAL_RANK=2 but this machine has 2 visible CUDA device(s)"), err
+    assert not (tmp_path / "run").exists()
 
 
 def test_sync_bn_flag_reaches_the_train_config():
@@ -328,6 +357,52 @@ def test_cli_under_torchrun_refuses_a_world_size_that_does_not_divide_the_batch(
     text = proc.stdout + proc.stderr
     assert "hacnn train: error: the world size (3 processes) must divide the global batch (16 images" in text
     assert not (tmp_path / "run").exists()
+
+
+CLI_TRAIN = ("-m", "hacnn", "train", "--synthetic-size", "tiny", "--epochs", "1", "--batch-size", "16",
+             "--num-instances", "4", "--workers", "0", "--amp", "none", "--device", "cpu", "--no-progress")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes, cache", [(1, "none"), (1, "memory"), (2, "none")],
+                         ids=["1 node x 2", "1 node x 2, data cache", "2 nodes x 1"])
+def test_cli_trains_under_torchrun_and_rank_0_alone_writes(tmp_path, nodes, cache):
+    """``torchrun ... -m hacnn train``, the real CLI: the full HA-CNN on the tiny synthetic benchmark
+    (generated by rank 0 under --root), 1 epoch of 14 global batches of 16, evaluated at its end.
+
+    Two processes on one node, or two nodes of one process each on this host (``--nnodes 2
+    --node_rank 0|1``, torchrun's static rendezvous at 127.0.0.1:port). Each node runs in its own
+    working folder with the relative ``--out run``, so a file that rank 1 wrote would be in node1/.
+    """
+    port, data = _free_port(), tmp_path / "data"
+    folders, procs = [tmp_path / f"node{r}" for r in range(nodes)], []
+    args = (*CLI_TRAIN, "--root", str(data), "--out", "run", "--data-cache", cache)
+    try:
+        for rank in reversed(range(nodes)):          # node 1 first: it waits for node 0's store
+            folders[rank].mkdir()
+            procs.append(_torchrun(*args, nproc=2 // nodes, port=port, cwd=folders[rank], wait=False,
+                                   log=tmp_path / f"node{rank}.log",
+                                   launcher=("--nnodes", str(nodes), "--node_rank", str(rank))))
+        codes = [proc.wait(timeout=240) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    logs = [(tmp_path / f"node{rank}.log").read_text() for rank in range(nodes)]
+    assert codes == [0] * nodes, "\n---\n".join(text[-3000:] for text in logs)
+    run = folders[0] / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["best.pth", "last.pth", "log.csv", "log.json", "run.json"]
+    log = json.loads((run / "log.json").read_text())
+    assert log["status"] == "finished" and [r["epoch"] for r in log["epochs"]] == [1]
+    assert log["train_config"]["data_cache"] == cache and log["epochs"][0]["mAP"] is not None
+    train = safe_load(run / "last.pth")["train"]
+    assert train["world_size"] == 2 and len(train["rng_ranks"]) == 2
+    assert train["step"] == log["plan"]["steps_per_epoch"] == 14          # global batches of 4 ids x 4
+    # rank 0 alone wrote (node 1's folder stays empty) and printed
+    assert [p.name for p in folders[0].iterdir()] == ["run"] and all(not any(f.iterdir()) for f in folders[1:])
+    assert logs[0].count("training on 2 processes (cpu)") == 1 and logs[0].count("run folder: run (1 epochs)") == 1
+    assert all("training on" not in text and "run folder" not in text for text in logs[1:])
 
 
 def _triplet_batch() -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,6 +153,93 @@ def test_global_rng_is_left_alone(cache):
     assert torch.equal(state, torch.get_rng_state())
 
 
+# ----------------------------------------------------------------------------- prefetch (CUDA)
+
+def test_prefetch_is_a_no_op_on_the_cpu(cache, monkeypatch):
+    def no_stream(*args, **kwargs):
+        raise AssertionError("a CUDA stream on the CPU path")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", no_stream)
+    kw = dict(seed=5, world_size=1, rank=0, random_erasing=True)
+    on, off = CachedBatches(cache, 8, 2, prefetch=True, **kw), CachedBatches(cache, 8, 2, prefetch=False, **kw)
+    _assert_same_batches(_batches(on), _batches(off))
+
+
+def test_prefetch_prepares_one_batch_ahead_on_a_side_stream(cache, monkeypatch):
+    """The CUDA path's stream protocol, with stand-in streams (the tensors stay on the CPU): batch
+    k+1 is queued on the side stream before batch k is handed over, and batch k is handed over
+    only after the current stream waits for the side stream and its images are recorded on it."""
+    import contextlib
+
+    events, streams = [], ["current"]
+
+    class Stream:
+        def __init__(self, name: str = "side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits {other.name}")
+
+    @contextlib.contextmanager
+    def on(stream):
+        streams.append(stream.name)
+        yield
+        streams.pop()
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: Stream("current"))
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, stream: events.append(f"record {stream.name}"))
+    kw = dict(seed=5, world_size=1, rank=0, random_erasing=True)
+    plain = CachedBatches(cache, 8, 2, prefetch=False, **kw)
+    prefetched = CachedBatches(cache, 8, 2, prefetch=True, **kw)
+    prefetched.device = torch.device("cuda")                 # take the CUDA path ...
+
+    def batch(*plan):                                        # ... with the CPU batches
+        events.append(f"prepare on {streams[-1]}")
+        return plain.batch(*plan)
+
+    prefetched.batch = batch
+    got = []
+    for k, b in enumerate(prefetched):
+        events.append(f"train {k}")
+        got.append(b)
+    n = len(got)
+    assert n == len(prefetched) >= 3
+    want = ["side waits current", "prepare on side"]
+    for k in range(n):
+        want += ["current waits side", "record current"] + (["prepare on side"] if k + 1 < n else []) + [f"train {k}"]
+    assert events == want
+    _assert_same_batches(got, list(CachedBatches(cache, 8, 2, prefetch=False, **kw)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+def test_prefetched_cuda_batches_equal_the_unprefetched(items, cache, where):
+    """A cache in host or device memory, batches on the GPU: the same with and without prefetch while a
+    long step runs on the current stream, and the CPU's batches up to float rounding."""
+    images = TensorCache(items, H, W, device=where, workers=0)
+    kw = dict(seed=2, world_size=1, rank=0, random_erasing=True)
+
+    def run(prefetch: bool):
+        batches = CachedBatches(images, 8, 2, device="cuda", prefetch=prefetch, **kw)
+        out = []
+        for epoch in range(2):
+            batches.sampler.set_epoch(epoch)
+            for x, *rest in batches:
+                torch.cuda._sleep(2_000_000)       # a training step that outlasts the next batch's preparation
+                out.append((x.clone(), *rest))     # x is freed next: its memory must wait for this clone
+        torch.cuda.synchronize()
+        return [(x.cpu(), *rest) for x, *rest in out]
+
+    got = run(True)
+    _assert_same_batches(got, run(False))
+    for (x, *_), (x0, *_) in zip(got, _batches(CachedBatches(cache, 8, 2, **kw)), strict=True):
+        torch.testing.assert_close(x, x0, rtol=1e-6, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- memory and bad input
 
 def test_a_cache_that_does_not_fit_falls_back_to_the_loader(items, monkeypatch):

@@ -216,7 +216,7 @@ class TensorAugment:
 
         b, h, w, dev = len(images), self.height, self.width, images.device
         erasing = bool(params[:, 5].any())
-        params = params.to(dev)
+        params = params.to(dev, non_blocking=True)
         flip, top, left = params[:, 0:1].bool(), params[:, 1:2], params[:, 2:3]
         rows = top + torch.arange(h, device=dev) - self.pad[1]                     # (B, H)
         cols = left + torch.arange(w, device=dev) - self.pad[0]                    # (B, W)
@@ -248,15 +248,20 @@ class CachedBatches:
     images on ``device`` (default: the cache's) and pids/camids on the CPU, as
     the loader's. ``set_epoch`` and :func:`hacnn.reproducibility.get_data_state`
     work on ``.sampler`` as on the loader's, so a resume continues exactly.
-    No background prefetch: a batch's draws and gather cost ~1 % of a CPU
-    training step (``benchmarks/bench_data_cache.py``).
+
+    ``prefetch`` (CUDA only): each batch is prepared one ahead on a side CUDA
+    stream, so its copy, gather and normalisation overlap the training step
+    on the current stream (:meth:`_prefetched`); the batches are the same. On
+    the CPU it does nothing: a batch's draws and gather cost ~1 % of a CPU
+    training step (``benchmarks/bench_data_cache.py``) and would compete with
+    that step for the same cores.
     """
 
     def __init__(self, cache: TensorCache, batch_size: int = 32, num_instances: int = 4, *,
                  seed: int = 0, world_size: int | None = None, rank: int | None = None,
                  device: str | torch.device | None = None, channels_last: bool = True,
-                 **transform_kwargs) -> None:
-        self.cache, self.seed, self.channels_last = cache, seed, channels_last
+                 prefetch: bool = True, **transform_kwargs) -> None:
+        self.cache, self.seed, self.channels_last, self.prefetch = cache, seed, channels_last, prefetch
         self.device = cache.device if device is None else torch.device(device)
         self.augment = TensorAugment(cache.height, cache.width, **transform_kwargs)
         self.sampler = EpochKeyedSampler(cache.items, batch_size, num_instances, seed=seed,
@@ -269,16 +274,52 @@ class CachedBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]]:
         draws = list(self.sampler)                    # this epoch's (index, epoch, position); advances it
         size = self.sampler.local_batch_size
+        plans = []                                    # (indices, epoch, positions) of each batch
         for start in range(0, len(draws) - size + 1, size):
             indices, epochs, positions = zip(*draws[start:start + size])
-            yield self.batch(indices, epochs[0], positions)
+            plans.append((indices, epochs[0], positions))
+        if self.prefetch and self.device.type == "cuda":
+            yield from self._prefetched(plans)
+        else:
+            for plan in plans:
+                yield self.batch(*plan)
+
+    def _prefetched(self, plans: list) -> Iterator:
+        """The batches of ``plans``, each prepared on a side CUDA stream while the one before trains.
+
+        The side stream first waits for the current one (the cache's copy and whatever came before
+        the epoch). Before a batch is handed over, the current stream waits for the side stream
+        (``wait_stream``), and its images are recorded on the current stream (``record_stream``):
+        the caching allocator then keeps their memory from the next batches until the training
+        step queued on the current stream has read them. Then the next batch is queued on the
+        side stream, before the caller queues its step on the current one.
+        """
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+
+        def prepare(k: int):
+            if k >= len(plans):
+                return None
+            with torch.cuda.stream(side):
+                return self.batch(*plans[k])
+
+        ahead = prepare(0)
+        for k in range(len(plans)):
+            batch = ahead
+            current.wait_stream(side)
+            batch[0].record_stream(current)
+            ahead = prepare(k + 1)
+            yield batch
 
     def batch(self, indices: Sequence[int], epoch: int, positions: Sequence[int]):
         """One batch of cached images ``indices`` at their epoch-plan ``positions``."""
         index = torch.as_tensor(indices, dtype=torch.int64)
         params = self.augment.draw(self.seed, epoch, positions, indices)
-        raw = self.cache.images[index.to(self.cache.device)].to(self.device, non_blocking=True)
-        images = self.augment(raw, params, self.channels_last)
+        raw = self.cache.images[index.to(self.cache.device, non_blocking=True)]
+        if self.device.type == "cuda" and raw.device.type == "cpu":
+            raw = raw.pin_memory()                    # a host cache: an asynchronous copy to the GPU
+        images = self.augment(raw.to(self.device, non_blocking=True), params, self.channels_last)
         return images, self.cache.pids[index], self.cache.camids[index], [self.cache.paths[i] for i in indices]
 
 
