@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the notebooks' quick settings (minutes)")
     p.add_argument("--reference", action="store_true", help="the reference protocol (issue 17): "
                    "train the ablation ladder and misalignment sweep at 8 epochs x 3 seeds and the "
-                   "reference weights (~4 h on 2 CPU cores, resumable run by run through the run "
+                   "reference weights (~3 h on 2 idle CPU cores, resumable run by run through the run "
                    "cache), execute notebooks 06-09 on them into --out (default results/reference)")
     p.add_argument("--data-root", type=Path, default=None, help="real data sets to train and "
                    "evaluate on as well (default: $HACNN_DATA if set; else synthetic only)")
