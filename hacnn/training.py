@@ -107,8 +107,11 @@ def bf16_training_pays(device: str | torch.device | None = None, cpuinfo: str | 
     Native bf16 is not enough. Measured training steps (benchmarks/bench_training.py, 2 cores,
     benchmarks/README.md): an AMD EPYC with AVX-512 BF16, 59.0 vs 37.3 img/s (1.58x); an Intel
     Xeon with AVX-512 BF16 but no AMX exposed, 27.3 vs 33.6 img/s (0.81x: oneDNN's AVX-512 BF16
-    convolution backward is slower than its fp32 one there). So: AMX-BF16 (Intel's bf16 matrix
-    units), or AVX-512 BF16 on an AMD CPU; never on CUDA (launch-bound at batch 32-64 on an H200).
+    convolution backward is slower than its fp32 one there). So: AVX-512 BF16 on an AMD CPU, the
+    one place it was measured to pay; never on CUDA (launch-bound at batch 32-64 on an H200).
+    Intel's AMX-BF16 was never measured here and is not assumed to pay (until 2026-12-02 it was:
+    a CI machine that trained in bf16 by that rule got NaN losses in tiny test runs that train in
+    fp32 elsewhere); ``amp="bf16"`` still selects it.
     ``cpuinfo``: the text of /proc/cpuinfo (read when None; elsewhere :func:`native_bf16` decides).
     """
     device = resolve_device(device)
@@ -117,7 +120,7 @@ def bf16_training_pays(device: str | torch.device | None = None, cpuinfo: str | 
     flags = _cpuinfo_words() if cpuinfo is None else set(cpuinfo.split())
     if flags is None:
         return native_bf16(device)
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and "AuthenticAMD" in flags)
+    return "avx512_bf16" in flags and "AuthenticAMD" in flags
 
 
 def resolve_amp(amp: str | None, device: str | torch.device | None = None) -> str | None:

@@ -49,3 +49,14 @@ def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
     return model
+
+
+def pytest_report_header(config):
+    """The CPU and the precision ``amp="auto"`` picks on it: training tests' numbers depend on both."""
+    from hacnn.reproducibility import cpu_model
+    from hacnn.training import _cpuinfo_words, resolve_amp
+
+    flags = sorted((_cpuinfo_words() or set()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile",
+                                                  "GenuineIntel", "AuthenticAMD"})
+    return (f"hacnn: CPU {cpu_model()} ({' '.join(flags)}), {os.cpu_count()} cores, ATen ISA "
+            f"{torch.backends.cpu.get_cpu_capability()}, amp='auto' -> {resolve_amp('auto', 'cpu') or 'fp32'}")

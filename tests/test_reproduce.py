@@ -237,19 +237,19 @@ def test_notebook_06_trains_and_evaluates_your_own_folder(tmp_path):
     from hacnn.experiment import evaluate_checkpoint
 
     root = tmp_path / "crops"
-    for k in range(12):                      # 12 people, 6 crops each over 2 cameras: c<k>_<n>.jpg
-        for j in range(6):
+    for k in range(12):                      # 12 people, 6 crops each over 2 cameras: c<k>_<n>.jpg,
+        for j in range(6):                   # each person a colour of their own (crops vary a little)
             write_image(root / f"person{k:02d}" / f"c{1 + j % 2}_{j}.jpg",
-                        color=((37 * k) % 256, (29 * j + 60) % 256, (11 * k * j) % 256))
+                        color=((37 * k + 3 * j) % 256, (91 * k + 60) % 256, (53 * k + 2 * j) % 256))
     options = {"layout": "identity-folders", "pattern": r"c(?P<camera>\d)_.*", "test_ids": 4,
                "split_seed": 0}
     out = tmp_path / "out"
     run_notebook(NOTEBOOKS / "06_training.ipynb", out / "06.ipynb",
                  {"quick": False, "dataset": "folder", "data_root": str(root), "dataset_options": options,
-                  "epochs": 1, "seed": 0, "out_dir": str(tmp_path / "cache"), "results_dir": str(out),
+                  "epochs": 3, "seed": 0, "out_dir": str(tmp_path / "cache"), "results_dir": str(out),
                   "figures_dir": str(tmp_path / "figures")}, cwd=NOTEBOOKS)
     info = json.loads((out / "06_training-folder.json").read_text())
-    assert info["dataset"] == "folder" and info["epochs"] == 1
+    assert info["dataset"] == "folder" and info["epochs"] == 3
     (run_dir,) = (tmp_path / "cache").iterdir()
     assert json.loads((run_dir / "cache.json").read_text())["data"]["options"]["test_ids"] == 4
     again = evaluate_checkpoint(run_dir / "last.pth", "folder", root=root, dataset_options=options,

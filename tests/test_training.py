@@ -165,7 +165,8 @@ def test_channels_last_default_trains_like_contiguous(tmp_path):
                          amp="none").fit() for cl in (False, True)]
     losses = [[row["loss"] for row in h] for h in runs]
     assert losses[0][1] < losses[0][0]                     # it trains at all
-    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    # float rounding, amplified over 6 steps: 1e-5 on the Intel Xeons, 1.1e-4 on an AMD EPYC (Zen 4)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
 
 
 @pytest.mark.slow
@@ -357,7 +358,7 @@ def test_bf16_training_pays_where_measured_faster():
     intel = "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n"
     assert bf16_training_pays("cpu", amd)                       # 1.58x measured
     assert not bf16_training_pays("cpu", intel)                 # 0.81x measured: fp32 is faster
-    assert bf16_training_pays("cpu", intel.replace("avx512_fp16", "avx512_fp16 amx_bf16 amx_tile"))
+    assert not bf16_training_pays("cpu", intel.replace("avx512_fp16", "avx512_fp16 amx_bf16 amx_tile"))  # unmeasured
     assert not bf16_training_pays("cpu", amd.replace(" avx512_bf16", ""))   # no native bf16 at all
     assert not bf16_training_pays("meta", amd)
 
