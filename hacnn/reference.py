@@ -117,14 +117,22 @@ def plan(protocol: Protocol = REFERENCE) -> list[tuple[str, float, int]]:
 
 
 def weights_run(variant: str = BASELINE, protocol: Protocol = REFERENCE, *, device: str = "cpu",
-                progress: bool = False):
+                progress: bool = False, train: bool = False):
     """The reference weights' run: ``variant`` on the ``protocol.weights_size`` benchmark (its
-    default misalignment), the protocol's budget, its first seed (notebook 06's reference mode)."""
-    from .reproduce import cached_run
+    default misalignment), the protocol's budget, its first seed (notebook 06's reference mode).
+    ``train``: a run found only as a record from which no weights were exported (a record
+    keeps none) is trained again, so that its weights exist (:func:`train_all`)."""
+    from .reproduce import RECORDS, cached_run
 
-    return cached_run("synthetic", synthetic_size=protocol.weights_size, model=VARIANTS[variant],
-                      device=device, seed=protocol.seeds[0], progress=progress,
-                      **protocol.train_settings())
+    kw = dict(synthetic_size=protocol.weights_size, model=VARIANTS[variant], device=device,
+              seed=protocol.seeds[0], progress=progress, **protocol.train_settings())
+    r = cached_run("synthetic", **kw)
+    if train and r.from_record:
+        from .zoo import exported_from
+
+        if exported_from(r.out_dir.name) is None:
+            r = cached_run("synthetic", records=None, **kw)
+    return r
 
 
 def train_all(protocol: Protocol = REFERENCE, *, device: str = "cpu", records=None, log=print) -> int:
@@ -140,7 +148,7 @@ def train_all(protocol: Protocol = REFERENCE, *, device: str = "cpu", records=No
     for k, (variant, m, seed) in enumerate(runs, 1):
         start = time.perf_counter()
         r = run(variant, m, seed, protocol, device=device) if m is not None else \
-            weights_run(variant, protocol, device=device)
+            weights_run(variant, protocol, device=device, train=True)
         trained += not r.reused
         if not r.from_record:
             record_run(r, records or RECORDS)

@@ -26,7 +26,9 @@ A run's *record* (its ``log.json`` and ``cache.json``, no weights) can be
 kept where the cache does not live: :data:`RECORDS` holds those of the
 published reference run (:mod:`hacnn.reference`), committed, so a run the
 repository publishes is loaded from its record on a machine whose cache
-lacks it (same kernel path) instead of being trained again.
+lacks it instead of being trained again: the record of this kernel path if
+there is one, else the record of the same settings made on another machine
+(a published result, whose ``cache.json`` names the machine it ran on).
 """
 from __future__ import annotations
 
@@ -171,16 +173,31 @@ def _finished(out: Path, config: dict) -> bool:
         and (out / "last.pth").is_file()
 
 
-def _recorded(records: Path, name: str, config: dict) -> Path | None:
-    """The folder of ``name``'s record in ``records`` when it is a finished run of ``config``."""
-    out = Path(records) / name
+def _record_of(out: Path) -> dict | None:
+    """The configuration of the finished run recorded in ``out`` (None: none there)."""
     try:
         log = json.loads((out / "log.json").read_text())
         saved = json.loads((out / "cache.json").read_text())
     except (OSError, ValueError):
         return None
-    ok = log.get("status") == "finished" and saved == json.loads(json.dumps(config, default=str))
-    return out if ok else None
+    return saved if log.get("status") == "finished" else None
+
+
+def _recorded(records: Path, name: str, config: dict) -> Path | None:
+    """The record in ``records`` of a finished run of ``config``: ``name``'s own (the same
+    kernel path) if kept, else one made under another kernel path (another CPU model or
+    thread count; the same settings, data and precision). A record is a published result,
+    not a cache entry: it is handed out on any machine and its ``cache.json`` says where it
+    ran, where the cache hands out only what this kernel path would compute."""
+    want = json.loads(json.dumps(config, default=str))
+    if _record_of(Path(records) / name) == want:
+        return Path(records) / name
+    want = {k: v for k, v in want.items() if k != "kernel"}
+    for out in sorted(Path(records).glob(f"{name.rsplit('-', 1)[0]}-*")):
+        saved = _record_of(out)
+        if saved is not None and {k: v for k, v in saved.items() if k != "kernel"} == want:
+            return out
+    return None
 
 
 def record_run(run: "CachedRun", records: str | os.PathLike = RECORDS) -> Path:
@@ -226,8 +243,9 @@ def cached_run(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
         history = json.loads((out / "log.json").read_text())["epochs"]
         return _summarise(out, history, config, reused=True)
     kept = _recorded(records, out.name, config) if records is not None else None
-    if kept is not None:
-        return _summarise(kept, json.loads((kept / "log.json").read_text())["epochs"], config, reused=True)
+    if kept is not None:       # its own config: the kernel path it ran under
+        return _summarise(kept, json.loads((kept / "log.json").read_text())["epochs"],
+                          json.loads((kept / "cache.json").read_text()), reused=True)
     result = run_experiment(dataset, out, root=root, synthetic_size=config["synthetic_size"],
                             quick=quick, force=True, model=model, device=device,
                             progress=progress, verbose=False, dataset_options=dataset_options,

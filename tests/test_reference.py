@@ -155,3 +155,39 @@ def test_a_published_run_is_loaded_from_its_record_when_the_cache_lacks_it(tmp_p
     (kept / "log.json").write_text(json.dumps({"status": "running", "epochs": history}))
     with pytest.raises(RuntimeError, match="trained"):
         cached_run("synthetic", cache=empty, records=records, **settings)
+
+
+def test_a_record_made_on_another_machine_is_handed_out_with_its_own_kernel_path(tmp_path, monkeypatch):
+    """A record is a published result: the same settings recorded under another kernel path (CPU
+    model, threads) are loaded, their cache.json naming that machine; this kernel path's own
+    record wins when both exist; another precision is another run."""
+    import json
+
+    import hacnn.experiment
+    from hacnn.reproduce import cached_run, config_hash, run_config
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(hacnn.experiment, "run_experiment", no_training)
+    settings = dict(synthetic_size="tiny", seed=3, epochs=2, lr=1e-3, amp="none")
+    here = run_config("synthetic", **settings)
+    records = tmp_path / "records"
+
+    def record(config, rank1):
+        out = records / f"synthetic-{config_hash(config)}"
+        out.mkdir(parents=True)
+        (out / "log.json").write_text(json.dumps({"status": "finished", "epochs": [
+            {"epoch": 2, "rank1": rank1, "mAP": rank1 / 2}]}))
+        (out / "cache.json").write_text(json.dumps(config, default=str))
+        return out
+
+    other = record({**here, "kernel": {**here["kernel"], "cpu": "Another CPU", "threads": 7}}, 0.5)
+    r = cached_run("synthetic", cache=tmp_path / "cache", records=records, **settings)
+    assert r.from_record and r.out_dir == other and r.final["rank1"] == 0.5
+    assert r.config["kernel"]["cpu"] == "Another CPU" and r.config["kernel"]["threads"] == 7
+    own = record(here, 0.75)
+    r = cached_run("synthetic", cache=tmp_path / "cache", records=records, **settings)
+    assert r.out_dir == own and r.final["rank1"] == 0.75
+    with pytest.raises(RuntimeError, match="trained"):     # bf16: not the recorded fp32 runs
+        cached_run("synthetic", cache=tmp_path / "cache", records=records, **{**settings, "amp": "bf16"})
