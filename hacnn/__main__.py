@@ -98,7 +98,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    "recipe's, else 0: cross-entropy only, as the paper)")
     t.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default=None,
                    help="mixed precision: bf16 (CPU/CUDA), fp16 (CUDA) or none (default: auto = bf16 "
-                   "autocast on a CPU where it trains faster (AMX, or AVX-512 BF16 on AMD), else fp32; --quick: none)")
+                   "autocast on a CPU where it was measured to train faster (AVX-512 BF16 on AMD), else fp32; --quick: none)")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on; same results, faster on CPU and tensor cores)")
     t.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")

@@ -160,8 +160,8 @@ class TrainConfig:
     was measured faster (AVX-512 BF16 on AMD: ~1.5x, the same accuracy within
     seed noise; :func:`hacnn.training.bf16_training_pays`) and in fp32
     elsewhere: an Intel CPU with AVX-512 BF16 but no AMX (bf16 0.8x fp32
-    there), Intel's AMX (not measured), CUDA (this small model is launch-bound there and autocast does
-    not pay; all measured in benchmarks/README.md); the Trainer resolves it
+    there), Intel's AMX (not measured), CUDA (this small model is launch-bound
+    there and autocast does not pay; all measured in benchmarks/README.md); the Trainer resolves it
     (:func:`hacnn.training.resolve_amp`) and saves the resolved value. None or
     ``"none"``: fp32; ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a
     GradScaler). ``channels_last`` (default on) stores activations and
