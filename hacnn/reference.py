@@ -309,6 +309,17 @@ def publish_weights(protocol: Protocol = REFERENCE, *, device: str = "cpu", out_
     return written
 
 
+def _machines(runs: list[dict]) -> str:
+    """Where the runs were trained, when more than one machine did (a record is kept per run)."""
+    from collections import Counter
+
+    where = Counter(r.get("cpu") for r in runs)
+    if len(where) < 2:
+        return ""
+    return " The runs were trained on " + ", ".join(f"{cpu} ({n})" for cpu, n in where.items()) + \
+        " (all in fp32; each run's record names its machine)."
+
+
 def summary_markdown(out_dir=REFERENCE_DIR) -> str:
     """The published run of ``out_dir`` as Markdown: the ladder and the sweep (mean +- sd, paired
     differences from full HA-CNN with 95 % intervals), from which epoch each ladder difference
@@ -329,7 +340,7 @@ def summary_markdown(out_dir=REFERENCE_DIR) -> str:
              f"{info['machine']['threads']} threads, torch {info['machine']['torch']}"
              + (f", {info['machine']['gpu']}" if info["machine"].get("gpu") else "") + "; "
              f"{info['train seconds (sum over runs, when each was trained)'] / 3600:.1f} h of training "
-             "and evaluation in all.", "",
+             "and evaluation in all." + _machines(info["runs"]), "",
              f"Protocol: synthetic `{p['size']}`, {p['epochs']} epochs per run evaluated every "
              f"{p['eval_every']}, seeds {p['seeds']}, Adam {p['lr']:g} constant (the default recipe), "
              f"amp {p['amp']}. Rank-1 / mAP in %; differences are paired by seed, from full HA-CNN, "
@@ -396,6 +407,7 @@ def publish(out_dir=REFERENCE_DIR, *, protocol: Protocol = REFERENCE, device: st
             "runs": [{"variant": v, "misalignment": m, "seed": s, "run": r.out_dir.name,
                       "benchmark": protocol.size if m is not None else protocol.weights_size,
                       "train seconds": round(_train_seconds(r), 1),
+                      "cpu": r.config["kernel"].get("cpu") or r.config["kernel"].get("card"),
                       "rank1": round(float(r.final["rank1"]), 6), "mAP": round(float(r.final["mAP"]), 6)}
                      for v, m, s, r in runs]}
     (out / "provenance.json").write_text(json.dumps(info, indent=1, default=str) + "\n")

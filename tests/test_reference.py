@@ -108,13 +108,16 @@ def test_summary_markdown_of_a_published_folder(tmp_path):
         "finished": "2026-12-02", "command": "python -m hacnn reproduce --reference", "commit": "abc",
         "machine": {"cpu": "a CPU", "threads": 2, "torch": "2.14.1", "gpu": None},
         "train seconds (sum over runs, when each was trained)": 7200.0, "protocol": protocol,
-        "runs": [{"variant": "full HA-CNN", "benchmark": "default", "seed": 0, "rank1": 0.5, "mAP": 0.25}]}))
+        "runs": [{"variant": "full HA-CNN", "benchmark": "default", "seed": 0, "rank1": 0.5, "mAP": 0.25,
+                  "cpu": "CPU B"}] + [{"variant": "other", "benchmark": "small", "seed": s, "rank1": 0.1,
+                                       "mAP": 0.1, "cpu": "CPU A"} for s in range(3)]}))
     text = summary_markdown(tmp_path)
     assert "| other | 3 | 22.0 +- 10.5 | +2.0 [-0.5, +4.5] | 25.0 +- 10.0 | +20.0 [-4.8, +44.8] |" in text
     assert "Rank-1, other - full HA-CNN: +2.0 [-0.5, +4.5] at epoch 4; beyond seed noise at no evaluated epoch" in text
     assert "mAP, other - full HA-CNN: +20.0 [-4.8, +44.8] at epoch 4" in text
     assert "2.0 h of training" in text and "Rank-1 50.0 / mAP 25.0" in text
     assert text.count("| 0.6 |") == 2
+    assert "trained on CPU B (1), CPU A (3) (all in fp32" in text
 
 
 def test_a_published_run_is_loaded_from_its_record_when_the_cache_lacks_it(tmp_path, monkeypatch):
