@@ -51,7 +51,7 @@ def randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def pytest_report_header(config):
+def _machine_line() -> str:
     """The CPU and the precision ``amp="auto"`` picks on it: training tests' numbers depend on both."""
     from hacnn.reproducibility import cpu_model
     from hacnn.training import _cpuinfo_words, resolve_amp
@@ -60,3 +60,12 @@ def pytest_report_header(config):
                                                   "GenuineIntel", "AuthenticAMD"})
     return (f"hacnn: CPU {cpu_model()} ({' '.join(flags)}), {os.cpu_count()} cores, ATen ISA "
             f"{torch.backends.cpu.get_cpu_capability()}, amp='auto' -> {resolve_amp('auto', 'cpu') or 'fp32'}")
+
+
+def pytest_report_header(config):
+    return _machine_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Also at the end (``make test`` runs ``-q``, which hides the header), next to any failure."""
+    terminalreporter.write_line(_machine_line())
