@@ -26,20 +26,11 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` via a temp file + fsync + rename (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to ``path`` via a temp file + fsync + rename (atomic on POSIX), with the
+    permissions a plain ``open`` gives (:func:`atomic_path`; a bare temp file would be 0600)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 @contextlib.contextmanager

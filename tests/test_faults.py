@@ -244,3 +244,18 @@ def test_rss_stays_flat_over_tiny_epochs(tiny_synthetic, tmp_path):
     early, late = statistics.median(rss[1:3]), statistics.median(rss[3:])
     assert late - early < 50, f"RSS grew from {early:.0f} to {late:.0f} MiB: {rss}"
     assert not all(b > a + 5 for a, b in zip(rss[1:], rss[2:])), f"RSS climbs every epoch: {rss}"
+
+
+def test_atomic_save_writes_with_the_permissions_of_a_plain_open(tmp_path):
+    """Not the temp file's 0600: a checkpoint or exported weights file others may read (umask)."""
+    old = os.umask(0o022)
+    try:
+        atomic_save({"x": torch.ones(2)}, tmp_path / "a.pth")
+        os.umask(0o077)
+        atomic_save({"x": torch.ones(2)}, tmp_path / "b.pth")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.pth").stat().st_mode & 0o777 == 0o600
+    assert torch.equal(safe_load(tmp_path / "a.pth")["x"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.pth"]     # no temp file left
