@@ -122,7 +122,7 @@ def weights_run(variant: str = BASELINE, protocol: Protocol = REFERENCE, *, devi
     default misalignment), the protocol's budget, its first seed (notebook 06's reference mode).
     ``train``: a run found only as a record from which no weights were exported (a record
     keeps none) is trained again, so that its weights exist (:func:`train_all`)."""
-    from .reproduce import RECORDS, cached_run
+    from .reproduce import cached_run
 
     kw = dict(synthetic_size=protocol.weights_size, model=VARIANTS[variant], device=device,
               seed=protocol.seeds[0], progress=progress, **protocol.train_settings())

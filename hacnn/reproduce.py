@@ -164,13 +164,8 @@ def config_hash(config: dict) -> str:
 
 
 def _finished(out: Path, config: dict) -> bool:
-    try:
-        log = json.loads((out / "log.json").read_text())
-        saved = json.loads((out / "cache.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return log.get("status") == "finished" and saved == json.loads(json.dumps(config, default=str)) \
-        and (out / "last.pth").is_file()
+    """Whether ``out`` holds a finished run of ``config`` with its checkpoint (a cache hit)."""
+    return _record_of(out) == json.loads(json.dumps(config, default=str)) and (out / "last.pth").is_file()
 
 
 def _record_of(out: Path) -> dict | None:
