@@ -96,6 +96,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--triplet-weight", type=float, help="add this weight x the batch-hard triplet loss "
                    "of each stream (Hermans et al. 2017; needs --num-instances >= 2; default: the "
                    "recipe's, else 0: cross-entropy only, as the paper)")
+    t.add_argument("--random-erasing", type=float, metavar="P",
+                   help="erase one random rectangle of a training image with probability P (Zhong et "
+                   "al. 2020; torchreid uses 0.5; default: 0, the paper's flip + translation only)")
     t.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default=None,
                    help="mixed precision: bf16 (CPU/CUDA), fp16 (CUDA) or none (default: auto = bf16 "
                    "autocast on a CPU where it was measured to train faster (AVX-512 BF16 on AMD), else fp32; --quick: none)")
@@ -123,6 +126,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-cail", action="store_true", help="no cross-attention interaction learning")
     m.add_argument("--init", choices=("kaiming", "pytorch"), default=None,
                    help="weight initialisation (HACNNConfig.init; default: pytorch, as torchreid's)")
+    m.add_argument("--local-bn", choices=("batched", "per_region"), default=None,
+                   help="batch-norm statistics of the local stream in training: the T regions together "
+                        "(default) or each region's own, as torchreid's region-by-region loop")
 
 
 def _duration(text: str) -> float:
@@ -135,7 +141,8 @@ def _duration(text: str) -> float:
 def _train_keywords(args: argparse.Namespace) -> dict:
     keys = ("recipe", "epochs", "batch_size", "num_instances", "lr", "weight_decay",
             "label_smoothing", "amp", "channels_last", "grad_clip", "eval_every", "seed", "workers",
-            "time_budget", "schedule", "warmup", "sync_bn", "data_cache", "compile", "triplet_weight")
+            "time_budget", "schedule", "warmup", "sync_bn", "data_cache", "compile", "triplet_weight",
+            "random_erasing")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -154,8 +161,9 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("--quick trains on the synthetic benchmark; drop --dataset or --quick")
     out = args.out or Path("runs") / ("quick" if args.quick else f"{dataset}-{args.recipe or TrainConfig.recipe}")
     model = {field: False for flag, field in ABLATIONS.items() if getattr(args, flag)}
-    if args.init is not None:
-        model["init"] = args.init
+    for field in ("init", "local_bn"):
+        if getattr(args, field) is not None:
+            model[field] = getattr(args, field)
     try:
         result = run_experiment(dataset, out, root=args.root, synthetic_size=args.synthetic_size,
                                 quick=args.quick, resume=args.resume, force=args.force, model=model,

@@ -60,3 +60,61 @@ class InceptionB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, C_in, H, W) -> (B, C_out, H/2, W/2)
         return torch.cat([self.stream1(x), self.stream2(x), self.stream3(x)], dim=1)
+
+
+class RegionBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose training statistics are those of each region alone.
+
+    The local stream runs the T regions of a batch as one ``(B*T, C, h, w)``
+    batch (rows ``b*T + t``), so a plain batch norm normalises every region
+    with the statistics of all T together. torchreid's HACNN runs the regions
+    one after another, so each region is normalised with its own batch
+    statistics and the running statistics take T momentum updates per batch,
+    region 0 first. This module computes exactly that from the batched input
+    (``HACNNConfig(local_bn="per_region")``; issue 16 asked whether the
+    difference matters: ``benchmarks/README.md``, "The recipe screen"). In
+    eval mode, and with ``num_regions=1``, it is a plain batch norm, with the
+    same parameters and buffers (state dicts are interchangeable).
+    """
+
+    def __init__(self, num_features: int, num_regions: int, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        self.num_regions = num_regions
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.BatchNorm2d, num_regions: int) -> "RegionBatchNorm2d":
+        new = cls(bn.num_features, num_regions, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                  track_running_stats=bn.track_running_stats,
+                  device=bn.weight.device if bn.affine else None)
+        new.load_state_dict(bn.state_dict())
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = self.num_regions
+        if not self.training or T == 1:
+            return super().forward(x)
+        if x.shape[0] % T:
+            raise ValueError(f"RegionBatchNorm2d expects (B*{T}, C, H, W) region batches, got {tuple(x.shape)}")
+        parts = []
+        for region in x.unflatten(0, (x.shape[0] // T, T)).unbind(1):      # T x (B, C, h, w), in order
+            if self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            parts.append(nn.functional.batch_norm(
+                region, self.running_mean if self.track_running_stats else None,
+                self.running_var if self.track_running_stats else None, self.weight, self.bias,
+                True, momentum, self.eps))
+        out = torch.stack(parts, 1).flatten(0, 1)                          # (B*T, C, h, w)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+
+def per_region_batch_norms(module: nn.Module, num_regions: int) -> nn.Module:
+    """Swap every ``BatchNorm2d`` under ``module`` for a :class:`RegionBatchNorm2d` (in place)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            module.add_module(name, RegionBatchNorm2d.from_batch_norm(child, num_regions))
+        else:
+            per_region_batch_norms(child, num_regions)
+    return module

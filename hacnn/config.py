@@ -51,6 +51,10 @@ class HACNNConfig:
     # initialised; the default since issue 16) or "kaiming" (He et al. 2015, fan-out, for every
     # conv; the earlier default, which trained worse on real crops: benchmarks/README.md).
     init: str = "pytorch"
+    # Batch-norm statistics of the local stream in training: "batched" (the T regions of a batch
+    # together, one (B*T) batch; the default) or "per_region" (each region's own, as torchreid's
+    # region-by-region loop computes them; hacnn.blocks.RegionBatchNorm2d). Eval is the same function.
+    local_bn: str = "batched"
 
     def __post_init__(self) -> None:
         h, w = self.input_size
@@ -71,6 +75,8 @@ class HACNNConfig:
             raise ValueError(f"num_regions must be >= 1, got {self.num_regions}")
         if self.init not in ("kaiming", "pytorch"):
             raise ValueError(f"init must be 'kaiming' or 'pytorch', got {self.init!r}")
+        if self.local_bn not in ("batched", "per_region"):
+            raise ValueError(f"local_bn must be 'batched' or 'per_region', got {self.local_bn!r}")
         for c in self.channels:
             if c % 4 or c % self.channel_reduction:
                 raise ValueError(
@@ -182,6 +188,10 @@ class TrainConfig:
     a CPU, counted in a time budget) and evaluation stays eager; the weights
     and checkpoints are those of the plain model. Whether it pays is
     measured in ``benchmarks/bench_training.py --compile``.
+    ``random_erasing``: the probability that a training image has one random
+    rectangle erased to 0 (Zhong et al., AAAI 2020; torchreid's ``random_erase``
+    uses 0.5); 0, the default, is the paper's light augmentation (flip and a
+    small translation).
     ``eval_every``: evaluate every N epochs and after the last (0: never).
     ``num_instances``: images per identity in a batch (the P x K identity
     sampler of ``hacnn.data``). ``batch_size`` and ``lr`` are those of the
@@ -215,6 +225,7 @@ class TrainConfig:
     sync_bn: bool = False                  # multi-process runs: batch norm over the global batch
     data_cache: str = "none"               # "none", "memory" or "device": see above
     compile: bool = False                  # torch.compile the training forward (and so its backward)
+    random_erasing: float = 0.0            # probability of random erasing (Zhong et al. 2020); 0: off
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -256,6 +267,8 @@ class TrainConfig:
                              f"triplet_weight=0 or recipe='adam' (cross-entropy alone)")
         if self.eval_every < 0 or (self.workers is not None and self.workers < 0):
             raise ValueError("eval_every and workers must be >= 0")
+        if not 0 <= self.random_erasing <= 1:
+            raise ValueError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
 

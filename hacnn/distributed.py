@@ -357,6 +357,11 @@ class GlobalBatchNorm(_BatchNorm):
 
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """Every batch norm of ``model`` normalised over the global batch (SyncBatchNorm on CUDA)."""
+    from .blocks import RegionBatchNorm2d
+
+    if any(isinstance(m, RegionBatchNorm2d) for m in model.modules()):
+        raise ValueError("sync_bn normalises over the global batch, local_bn='per_region' over each region "
+                         "of the process's batch: choose one (HACNNConfig(local_bn='batched') with --sync-bn)")
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _to_global_bn(model)

@@ -154,6 +154,9 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
         train_cfg = TrainConfig(**{k: v for k, v in train.items() if v is not None})
         model_cfg = model if isinstance(model, HACNNConfig) else HACNNConfig(**(model or {}))
     distributed.check_batch(train_cfg.batch_size, train_cfg.sync_bn)   # before any data is read
+    if train_cfg.sync_bn and model_cfg.local_bn == "per_region":
+        raise ValueError("--sync-bn normalises the batch norms over the global batch and local_bn='per_region' "
+                         "over each region of a process's batch: they cannot both hold; drop one")
     seed_everything(train_cfg.seed, train_cfg.deterministic)
     # rank 0 first (it may generate the synthetic data); the barrier also puts every process's
     # check of out_dir above before rank 0 writes to it below
@@ -161,7 +164,8 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
         data = load_dataset(dataset, root, synthetic_size=synthetic_size, **(dataset_options or {}))
     net = (build_model or HACNN)(data.num_train_pids, config=model_cfg)
     h, w = net.config.input_size
-    loader = dict(height=h, width=w, workers=train_cfg.workers, seed=train_cfg.seed)
+    loader = dict(height=h, width=w, workers=train_cfg.workers, seed=train_cfg.seed,
+                  random_erasing=train_cfg.random_erasing)
     if train_cfg.data_cache == "none":
         train_loader = build_train_loader(data, train_cfg.batch_size, train_cfg.num_instances, **loader)
     else:           # decoded once, augmented as tensor ops: the same batches (hacnn.data.tensor_cache)

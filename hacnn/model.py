@@ -12,8 +12,9 @@ average pooling -> FC 512 (global) and the T region features concatenated
 
 In training mode the local stream's batch norms see all T regions of the
 batch at once (torchreid runs the regions one by one, so its batch
-statistics are per region); in eval mode both compute exactly the same
-function, and ``hacnn.convert`` moves weights between them.
+statistics are per region; ``HACNNConfig(local_bn="per_region")`` computes
+those); in eval mode both compute exactly the same function, and
+``hacnn.convert`` moves weights between them.
 
 Notebook 05 builds the whole model; notebooks 01-04 its parts.
 """
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import HarmoniousAttention
-from .blocks import ConvBlock, InceptionA, InceptionB
+from .blocks import ConvBlock, InceptionA, InceptionB, per_region_batch_norms
 from .config import HACNNConfig
 
 
@@ -91,6 +92,8 @@ class HACNN(nn.Module):
         self.classifier_global = nn.Linear(cfg.feat_dim, cfg.num_classes)
         if cfg.local_branch:
             self.local_levels = nn.ModuleList(InceptionB(i, o) for i, o in zip(inputs, widths))
+            if cfg.local_bn == "per_region":               # each region's own batch statistics
+                per_region_batch_norms(self.local_levels, cfg.num_regions)
             self.fc_local = nn.Sequential(
                 nn.Linear(widths[-1] * cfg.num_regions, cfg.feat_dim), nn.BatchNorm1d(cfg.feat_dim), nn.ReLU()
             )

@@ -130,7 +130,7 @@ def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
     train_cfg.pop("data_cache")                 # a speed setting: the same batches bit for bit
     # Fields added after runs were cached are left out at their neutral values, so the runs
     # cached before them keep their keys.
-    for key, neutral in (("compile", False), ("triplet_weight", 0.0)):
+    for key, neutral in (("compile", False), ("triplet_weight", 0.0), ("random_erasing", 0.0)):
         if train_cfg[key] == neutral:
             train_cfg.pop(key)
     if "triplet_weight" not in train_cfg:
@@ -138,6 +138,8 @@ def run_config(dataset: str = "synthetic", *, root=None, synthetic_size: str | N
     train_cfg["amp"] = resolve_amp(train_cfg["amp"], device)      # "auto": what this device runs
     model_cfg = HACNNConfig(**(model or {})).to_dict()
     model_cfg.pop("num_classes")                                # comes from the data
+    if model_cfg["local_bn"] == "batched":                      # added after runs were cached (above)
+        model_cfg.pop("local_bn")
     data: dict = {"dataset": dataset}
     if dataset == "synthetic":
         from .data.synthetic import read_manifest

@@ -30,7 +30,7 @@ def test_top_level_help_runs_as_module():
     ("train", ["--dataset", "--root", "--epochs", "--batch-size", "--lr", "--recipe", "--amp",
                "--eval-every", "--seed", "--workers", "--out", "--resume", "--force", "--quick",
                "--no-local", "--no-soft", "--no-hard", "--no-cail", "--grad-clip", "--channels-last",
-               "--time-budget", "--schedule", "--warmup", "--init"]),
+               "--time-budget", "--schedule", "--warmup", "--init", "--local-bn", "--random-erasing"]),
     ("evaluate", ["--weights", "--dataset", "--rerank", "--flip"]),
     ("convert", ["--from-torchreid", "--to-torchreid", "--out"]),
     ("synth", ["--size", "--misalignment", "--seed", "--out"]),
@@ -121,6 +121,9 @@ def test_train_flags_reach_the_experiment(monkeypatch, tmp_path, capsys):
     assert main(["train", "--amp", "none"]) == 0 and calls[2]["amp"] == "none"
     assert main(["train", "--init", "pytorch", "--no-hard"]) == 0
     assert calls[3]["model"] == {"hard_attention": False, "init": "pytorch"}
+    assert main(["train", "--local-bn", "per_region", "--random-erasing", "0.5"]) == 0
+    assert calls[4]["model"] == {"local_bn": "per_region"} and calls[4]["random_erasing"] == 0.5
+    assert calls[3]["random_erasing"] is None                         # TrainConfig's default: off
 
 
 def test_reproduce_runs_the_notebook_runner(monkeypatch, tmp_path):

@@ -272,3 +272,29 @@ def test_loader_on_real_crops(shared_data):
     assert images.shape == (8, 3, 160, 64)
     assert sorted(Counter(pids.tolist()).values()) == [2, 2, 2, 2]
     assert images.std() > 0.1  # real pixels, not a blank
+
+
+def test_random_erasing_probability():
+    """p=0: no erasing step; p=1: every image has one rectangle of 2-33 % set to 0; True is 0.5."""
+    def erasing(p):
+        return [s for s in build_transforms(train=True, random_erasing=p).transforms
+                if isinstance(s, v2.RandomErasing)]
+
+    assert erasing(0.0) == [] and erasing(False) == []
+    assert erasing(True)[0].p == 0.5 and erasing(0.3)[0].p == 0.3
+    assert [s for s in build_transforms(train=False, random_erasing=1.0).transforms
+            if isinstance(s, v2.RandomErasing)] == []
+    with pytest.raises(ValueError, match=r"probability in \[0, 1\], got 1.5"):
+        build_transforms(random_erasing=1.5)
+    torch.manual_seed(0)
+    image = gradient_image()
+    for _ in range(10):
+        out = build_transforms(train=True, pad_crop=False, flip=False, random_erasing=1.0)(image)
+        zero = (out == 0).all(0)                                            # (H, W): erased pixels
+        assert 0.02 * 160 * 64 <= zero.sum() <= 0.34 * 160 * 64
+        rows, cols = zero.nonzero(as_tuple=True)                            # one rectangle, all of it
+        assert zero[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    from hacnn.config import TrainConfig
+    assert TrainConfig().random_erasing == 0.0
+    with pytest.raises(ValueError, match="random_erasing is a probability"):
+        TrainConfig(random_erasing=-0.1)

@@ -298,3 +298,71 @@ def test_cuda_fp16_autocast(batch):
     with torch.no_grad():
         cos = F.cosine_similarity(f.float().cpu(), ref(batch), dim=1)
     assert cos.min() > 0.99
+
+
+# ----------------------------------------------------------------------------- local_bn="per_region"
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_per_region_batch_norm_is_torchreids_region_by_region_loop(channels_last):
+    """Independent reference: a plain local Inception-B called once per region (torchreid's loop),
+    region 0 first, gives the same outputs, running statistics and batch counts."""
+    from hacnn.blocks import RegionBatchNorm2d, per_region_batch_norms
+
+    torch.manual_seed(0)
+    B, T, C = 3, 4, 32
+    plain = InceptionB(C, 64).train()
+    batched = per_region_batch_norms(__import__("copy").deepcopy(plain), T).train()
+    assert sum(isinstance(m, RegionBatchNorm2d) for m in batched.modules()) == 6
+    assert batched.state_dict().keys() == plain.state_dict().keys()
+    # regions with different statistics, so that pooling them would give other numbers
+    x = torch.randn(B, T, C, 12, 14) * torch.arange(1, T + 1).view(1, T, 1, 1, 1) \
+        + torch.arange(T).view(1, T, 1, 1, 1)
+    x = x.flatten(0, 1)                                                     # (B*T, C, h, w), rows b*T + t
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = batched(x)
+    reference = torch.stack([plain(x.view(B, T, *x.shape[1:])[:, t]) for t in range(T)], 1).flatten(0, 1)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    for key, value in plain.state_dict().items():                          # T momentum updates, in order
+        torch.testing.assert_close(batched.state_dict()[key], value, rtol=1e-6, atol=1e-6)
+    assert int(batched.stream1[0].bn.num_batches_tracked) == T
+    pooled = InceptionB(C, 64).train()                                      # the batched default differs
+    pooled.load_state_dict(__import__("copy").deepcopy(plain).state_dict())
+    assert (pooled(x) - reference).abs().max() > 1e-2
+    batched.eval(), plain.eval()                                            # eval: one function
+    torch.testing.assert_close(batched(x), plain(x))
+    with pytest.raises(ValueError, match=r"\(B\*4, C, H, W\)"):
+        batched.train()(x[:5])
+
+
+def test_per_region_local_bn_in_the_model(batch):
+    """Only the local stream's batch norms change; same state dict, same eval features, other
+    training logits; sync_bn refuses it."""
+    from hacnn.blocks import RegionBatchNorm2d
+    from hacnn.distributed import convert_sync_bn
+
+    torch.manual_seed(0)
+    plain, regions = HACNN(5), HACNN(5, local_bn="per_region")
+    regions.load_state_dict(plain.state_dict())
+    kinds = {name for name, m in regions.named_modules() if isinstance(m, RegionBatchNorm2d)}
+    assert kinds and all(name.startswith("local_levels.") for name in kinds)
+    assert len(kinds) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.local_levels.modules())
+    torch.testing.assert_close(regions.eval()(batch[:2]), plain.eval()(batch[:2]))
+    a, b = plain.train()(batch[:4]), regions.train()(batch[:4])
+    torch.testing.assert_close(a.global_logits, b.global_logits)            # global stream untouched
+    assert (a.local_logits - b.local_logits).abs().max() > 1e-4
+    assert HACNNConfig.from_dict(regions.config.to_dict()).local_bn == "per_region"
+    with pytest.raises(ValueError, match="local_bn must be 'batched' or 'per_region'"):
+        HACNNConfig(local_bn="grouped")
+    with pytest.raises(ValueError, match="sync_bn.*per_region"):
+        convert_sync_bn(regions, torch.device("cpu"))
+
+
+def test_sync_bn_with_per_region_local_bn_is_refused_before_anything_is_written(tmp_path):
+    from hacnn.experiment import run_experiment
+
+    with pytest.raises(ValueError, match="--sync-bn.*per_region"):
+        run_experiment("synthetic", tmp_path / "run", model={"local_bn": "per_region"}, sync_bn=True,
+                       progress=False)
+    assert not (tmp_path / "run").exists()
