@@ -14,7 +14,10 @@ Measured per gallery size, in one run:
                   for these features inner product ranks as the package's default euclidean)
   faiss exact     GalleryIndex(mode="exact") (flat inner product on the normalised vectors)
   IVF-Flat        nlist = sqrt(n) cells (316 / 1,000), trained on 40 x nlist vectors, nprobe swept
-  IVF-PQ          the same cells, 64-byte PQ codes per vector (a 4 KiB fp32 row: 64 x smaller)
+  IVF-PQ          the same cells, 64-byte PQ codes per vector (a 4 KiB fp32 row: 64 x smaller);
+                  also with its ``--shortlist`` candidates ranked by exact distance
+                  (``hacnn.search.rank(index=, shortlist=)``, ``search --shortlist``; the fp32
+                  vectors must then be at hand: in RAM here, their MiB added to the column)
   HNSW            M=32, efConstruction=64, efSearch swept; the build time is first measured at the
                   smaller size (or on a 20k pilot) and extrapolated as n log n: a build over
                   ``--hnsw-budget-s`` is skipped and reported, not run
@@ -42,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mib, reset_peak_rss_mib, set_threads  # noqa: E402
 from hacnn.index import GalleryIndex  # noqa: E402
+from hacnn.search import rank  # noqa: E402
 
 MIB = 2 ** 20
 _BLOCK = 1 << 16    # rows generated / scored per block
@@ -146,6 +150,14 @@ def run_size(n: int, args, hnsw_history: list) -> None:
         label = f"IVF{nlist}," + (f"PQ{pq_m}" if pq_m else "Flat")
         for nprobe in args.nprobe:
             measure(f"{label} nprobe={nprobe}", index, t_build, rss, nprobe=nprobe)
+        for nprobe in (args.nprobe if pq_m else []):
+            for n_short in args.shortlist:
+                index.set_params(nprobe=nprobe)
+                rank(queries[:8], gallery, args.k, index=index, shortlist=n_short)      # warm-up
+                t, (_, found) = timed(lambda: rank(queries, gallery, args.k, index=index, shortlist=n_short))
+                rows.append((f"{label} nprobe={nprobe} + exact top-{args.k} of {n_short}", t_build,
+                             (index.memory_bytes() + gallery.nbytes) / MIB, rss, args.queries / t,
+                             *recalls(found, truth, args.k)))
         del index
     if "hnsw" in modes:
         hnsw = dict(M=args.hnsw_m, ef_construction=args.ef_construction)
@@ -183,6 +195,8 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=0, help="IVF cells (0: sqrt of the gallery size)")
     parser.add_argument("--nprobe", type=ints, default=[8, 32])
     parser.add_argument("--pq-m", type=int, default=64, help="IVF-PQ bytes per vector")
+    parser.add_argument("--shortlist", type=ints, default=[100],
+                        help="IVF-PQ candidates ranked by exact distance (hacnn.search.rank shortlist)")
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument("--ef-search", type=ints, default=[32, 128])

@@ -25,7 +25,11 @@ has one norm, checked (to :data:`NORM_TOLERANCE`) whenever the index's metric
 is not ``metric``. An exact index thus gives the exact path's list and
 distances, ties in the gallery order too (which of several items tied at the
 k-th distance is retrieved is FAISS's choice); an approximate one may miss
-items (none found: row -1, distance inf, not written). ``k`` above the
+items (none found: row -1, distance inf, not written). ``shortlist=n``
+(``--shortlist N``) asks the index for ``n >= k`` candidates and keeps the ``k``
+nearest by their exact distances: the approximate index only has to put a
+true neighbour among its ``n``, not in its own top ``k`` (FAISS's "refine"
+step; what it buys for IVF-PQ is measured in ``benchmarks/bench_index.py``). ``k`` above the
 index size, an index of another feature size or over other rows, and
 ``rerank`` (it needs the full G x G matrix) are errors, raised before
 anything is written.
@@ -55,18 +59,22 @@ NORM_TOLERANCE = 1e-2     # relative spread of gallery norms under which cosine 
 
 
 def rank(query_features, gallery, k: int = 10, *, metric: str = "euclidean", rerank: bool = False,
-         k1: int = 20, k2: int = 6, lambda_value: float = 0.3, index=None) -> tuple[np.ndarray, np.ndarray]:
+         k1: int = 20, k2: int = 6, lambda_value: float = 0.3, index=None,
+         shortlist: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest gallery items of each query: ``(distances (Q, k), indices (Q, k))``.
 
     ``gallery``: a (G, D) matrix (numpy or torch), or an object with
     ``search(queries, k)`` (its own distances; ``rerank`` needs the matrix).
     ``k`` is capped at G. ``index``: a :class:`~hacnn.index.GalleryIndex` over
-    the rows of the matrix ``gallery`` (module docstring; :func:`check_index`).
+    the rows of the matrix ``gallery`` (module docstring; :func:`check_index`);
+    ``shortlist``: the candidates taken from ``index`` before the exact ranking
+    (at least ``k``; capped at the gallery's size; default ``k``).
     """
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k: expected a positive int, received {k!r}")
+    _check_shortlist(shortlist, k, index)
     if index is not None:
-        return _rank_with_index(query_features, gallery, index, int(k), metric, rerank)
+        return _rank_with_index(query_features, gallery, index, int(k), metric, rerank, shortlist)
     if hasattr(gallery, "search") and not isinstance(gallery, (np.ndarray, torch.Tensor)):
         if rerank:
             raise ValueError("rerank: re-ranking needs the gallery feature matrix, not an index")
@@ -86,6 +94,17 @@ def rank(query_features, gallery, k: int = 10, *, metric: str = "euclidean", rer
     k = min(int(k), dist.shape[1])
     order = torch.sort(dist, dim=1, stable=True).indices[:, :k]      # (Q, k), ties: gallery order
     return dist.gather(1, order).numpy(), order.numpy()
+
+
+def _check_shortlist(shortlist, k: int, index) -> None:
+    if shortlist is None:
+        return
+    if index is None:
+        raise ValueError("shortlist: it is the number of candidates taken from an index; pass index= "
+                         "(--index) or drop it (the exact path ranks the whole gallery)")
+    if not isinstance(shortlist, (int, np.integer)) or shortlist < k:
+        raise ValueError(f"shortlist: expected an int >= k ({k}), the candidates ranked exactly, "
+                         f"received {shortlist!r}")
 
 
 def check_index(index, gallery_features, k: int, *, metric: str = "euclidean", rerank: bool = False) -> None:
@@ -116,17 +135,19 @@ def check_index(index, gallery_features, k: int, *, metric: str = "euclidean", r
                              f"{index.config.metric!r} or build the index with metric={metric!r}")
 
 
-def _rank_with_index(qf, gallery, index, k: int, metric: str, rerank: bool):
-    """The index's k candidates per query, their exact ``metric`` distances, sorted stably."""
+def _rank_with_index(qf, gallery, index, k: int, metric: str, rerank: bool, shortlist: int | None = None):
+    """The index's candidates per query (``shortlist`` of them, else ``k``), their exact ``metric``
+    distances, sorted stably; the ``k`` nearest."""
     check_index(index, gallery, k, metric=metric, rerank=rerank)
     qf, gf = _as_features(qf, "qf"), _as_features(gallery, "gallery features")
-    _, found = index.search(qf, k)                                    # (Q, k) gallery rows, -1: none
+    n = min(max(k, shortlist or k), index.ntotal)
+    _, found = index.search(qf, n)                                    # (Q, n) gallery rows, -1: none
     found = found.sort(dim=1).values                                  # row order: ties stay in it
     dist = torch.full(found.shape, float("inf"))                      # (Q, k)
     for a, rows in enumerate(found):                                  # the exact path's formula, per query
         ok = rows >= 0
         dist[a, ok] = compute_distance_matrix(qf[a:a + 1], gf[rows[ok]], metric)[0].float()
-    order = torch.sort(dist, dim=1, stable=True).indices              # (Q, k) ascending, then by row
+    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]       # (Q, k) ascending, then by row
     return dist.gather(1, order).numpy(), found.gather(1, order).numpy()
 
 
@@ -169,7 +190,7 @@ def _gallery(model, gallery, **extract) -> FolderFeatures:
 def search_gallery(weights, queries, gallery, out=None, *, topk: int = 10, metric: str = "euclidean",
                    rerank: bool = False, gallery_root=None, figures: bool = True, force: bool = False,
                    batch_size: int = 64, device=None, precision: str = "auto", flip: bool = False,
-                   progress: bool = True, index=None) -> SearchResult:
+                   progress: bool = True, index=None, shortlist: int | None = None) -> SearchResult:
     """Rank ``gallery`` (a folder, an ``extract`` ``.npz`` or :class:`FolderFeatures`) for each query image.
 
     Writes ``out/ranking.csv`` (columns :data:`CSV_COLUMNS`; pids empty where a
@@ -181,7 +202,8 @@ def search_gallery(weights, queries, gallery, out=None, *, topk: int = 10, metri
     ``index``: a :class:`~hacnn.index.GalleryIndex` (or the file it saved)
     over the rows of the gallery ``.npz`` / :class:`FolderFeatures`, searched
     instead of every vector (module docstring: the same list as the exact
-    path for an exact index; checked before the queries are extracted).
+    path for an exact index; checked before the queries are extracted);
+    ``shortlist``: its candidates per query, ranked exactly (see :func:`rank`).
     """
     from .checkpoint import load_model
 
@@ -205,8 +227,9 @@ def search_gallery(weights, queries, gallery, out=None, *, topk: int = 10, metri
             from .index import GalleryIndex
             index = GalleryIndex.load(index, dim=model.feature_dim)
         check_index(index, g.features, topk, metric=metric, rerank=rerank)
+    _check_shortlist(shortlist, topk, index)                         # before the queries are extracted
     q = extract_images(model, queries, precision=g.precision, **extract)
-    d, i = rank(q.features, g.features, topk, metric=metric, rerank=rerank, index=index)
+    d, i = rank(q.features, g.features, topk, metric=metric, rerank=rerank, index=index, shortlist=shortlist)
     result = SearchResult(q, g, d, i)
     if out is None:
         return result
@@ -260,6 +283,9 @@ def add_search_arguments(p) -> None:
     p.add_argument("--index", type=Path, default=None, metavar="PATH",
                    help="a hacnn.index.GalleryIndex saved over the --gallery .npz's features (ids = its "
                    "rows): it finds the top k, whose distances are then computed exactly (needs faiss)")
+    p.add_argument("--shortlist", type=int, default=None, metavar="N",
+                   help="with --index: take N >= --topk candidates from the index and keep the top k by "
+                   "exact distance (repairs an approximate index's order, e.g. IVF-PQ; default: --topk)")
     p.add_argument("--gallery-root", type=Path, default=None,
                    help="image folder of an .npz gallery, if it moved (default: the one it recorded)")
     p.add_argument("--no-figures", action="store_true", help="only the CSV")
@@ -274,7 +300,7 @@ def run_search(args) -> int:
     r = search_gallery(args.weights, args.query, args.gallery, args.out, topk=args.topk, metric=args.metric,
                        rerank=args.rerank, gallery_root=args.gallery_root, figures=not args.no_figures,
                        force=args.force, batch_size=args.batch_size, device=args.device,
-                       progress=not args.no_progress, index=args.index)
+                       progress=not args.no_progress, index=args.index, shortlist=args.shortlist)
     print(f"wrote {r.csv_path} ({len(r.queries.paths)} queries x top {r.indices.shape[1]} of "
           f"{len(r.gallery.paths)}" + (f" through {args.index}" if args.index else "") +
           f") and {len(r.figures)} figures to {args.out}")

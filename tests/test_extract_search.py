@@ -347,6 +347,19 @@ def test_cli_search_through_a_saved_exact_index_writes_the_exact_csv(gallery, mo
     assert len(exact) == 8 and [{**r, "distance": ""} for r in via] == [{**r, "distance": ""} for r in exact]
     np.testing.assert_allclose([float(r["distance"]) for r in via], [float(r["distance"]) for r in exact],
                                rtol=1e-5, atol=1e-6)
+    # --shortlist: the index's 7 candidates (the whole gallery) ranked exactly: the same CSV again;
+    # without --index, or below --topk, one clear error before anything is written
+    assert main(args + ["--out", str(tmp_path / "short"), "--index", str(tmp_path / "g.faiss"),
+                        "--shortlist", "7"]) == 0
+    short = list(csv.DictReader(open(tmp_path / "short" / CSV_NAME)))
+    assert [{**r, "distance": ""} for r in short] == [{**r, "distance": ""} for r in exact]
+    capsys.readouterr()
+    for extra, message in [(["--shortlist", "7"], "shortlist: it is the number of candidates taken from an index"),
+                           (["--index", str(tmp_path / "g.faiss"), "--shortlist", "3"],
+                            r"shortlist: expected an int >= k \(4\)")]:
+        assert main(args + ["--out", str(tmp_path / "bad"), *extra]) == 1
+        assert re.search(message, capsys.readouterr().err)
+        assert not (tmp_path / "bad").exists()
 
 
 def test_index_bad_inputs_are_clear_errors_and_write_nothing(gallery, model, tmp_path, capsys, gallery_index):
@@ -404,7 +417,8 @@ def test_cli_extract_and_search(gallery, model, tmp_path, capsys):
     ("extract", ["--weights", "--images", "--out", "--precision", "--skip-corrupt", "--force", "--pattern"]),
     ("index", ["--features", "--out", "--mode", "--metric", "--nlist", "--nprobe", "--pq-m", "--pq-bits",
                "--hnsw-m", "--ef-construction", "--ef-search", "--force"]),
-    ("search", ["--weights", "--query", "--gallery", "--topk", "--out", "--rerank", "--metric", "--index"]),
+    ("search", ["--weights", "--query", "--gallery", "--topk", "--out", "--rerank", "--metric", "--index",
+                "--shortlist"]),
     ("export", ["--weights", "--out", "--opset", "--batch", "--dynamo"]),
 ])
 def test_subcommand_help(capsys, command, flags):

@@ -380,3 +380,31 @@ def test_cli_index_refusals_are_one_clear_error_and_write_nothing(tmp_path, caps
     assert "needs FAISS: pip install -e '.[faiss]'" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["g.faiss", "g.npz", "junk.npz"]
     assert main(base + ["--force"]) == 0 and GalleryIndex.load(out).ntotal == 40
+
+
+# ----------------------------------------------------------------------------- shortlist (refine)
+
+def test_shortlist_ranks_an_approximate_index_exactly():
+    """search.rank(index=, shortlist=n): the index's n candidates ranked by exact distance. With n = G
+    the list is the brute-force one (whatever the index's own order); with n between, the top-10
+    recall cannot fall below the index's own and here rises; bad values are clear errors."""
+    from hacnn.search import rank
+
+    g, _ = clustered(3000, 32, 30, seed=4)
+    q, _ = clustered(50, 32, 30, seed=5)
+    g, q = g / np.linalg.norm(g, axis=1, keepdims=True), q / np.linalg.norm(q, axis=1, keepdims=True)
+    exact_d, exact_i = rank(q, g, 10)                                          # brute force, the package
+    pq = GalleryIndex(32, "ivf", nlist=16, nprobe=16, pq_m=4).train(g).add(g)
+    own = rank(q, g, 10, index=pq)[1]
+    listed = rank(q, g, 10, index=pq, shortlist=100)[1]
+    whole_d, whole_i = rank(q, g, 10, index=pq, shortlist=len(g))
+    np.testing.assert_array_equal(whole_i, exact_i)
+    np.testing.assert_allclose(whole_d, exact_d, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(rank(q, g, 10, index=pq, shortlist=10 ** 6)[1], exact_i)   # capped at G
+    truth = torch.from_numpy(exact_i)
+    r_own, r_listed = recall_at(torch.from_numpy(own), truth, 10), recall_at(torch.from_numpy(listed), truth, 10)
+    assert r_own < 0.9 and r_listed >= r_own + 0.2, (r_own, r_listed)
+    with pytest.raises(ValueError, match=r"shortlist: expected an int >= k \(10\)"):
+        rank(q, g, 10, index=pq, shortlist=5)
+    with pytest.raises(ValueError, match="shortlist: it is the number of candidates taken from an index"):
+        rank(q, g, 10, shortlist=100)
