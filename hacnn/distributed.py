@@ -355,13 +355,19 @@ class GlobalBatchNorm(_BatchNorm):
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
 
 
+def check_sync_bn(sync_bn: bool, per_region_bn: bool) -> None:
+    """Refuse ``sync_bn`` with the local stream's per-region batch norms (``HACNNConfig.local_bn``)."""
+    if sync_bn and per_region_bn:
+        raise ValueError("--sync-bn (sync_bn) normalises the batch norms over the global batch and "
+                         "local_bn='per_region' over each region of a process's batch: they cannot both "
+                         "hold; drop one")
+
+
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """Every batch norm of ``model`` normalised over the global batch (SyncBatchNorm on CUDA)."""
     from .blocks import RegionBatchNorm2d
 
-    if any(isinstance(m, RegionBatchNorm2d) for m in model.modules()):
-        raise ValueError("sync_bn normalises over the global batch, local_bn='per_region' over each region "
-                         "of the process's batch: choose one (HACNNConfig(local_bn='batched') with --sync-bn)")
+    check_sync_bn(True, any(isinstance(m, RegionBatchNorm2d) for m in model.modules()))
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _to_global_bn(model)

@@ -154,9 +154,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
         train_cfg = TrainConfig(**{k: v for k, v in train.items() if v is not None})
         model_cfg = model if isinstance(model, HACNNConfig) else HACNNConfig(**(model or {}))
     distributed.check_batch(train_cfg.batch_size, train_cfg.sync_bn)   # before any data is read
-    if train_cfg.sync_bn and model_cfg.local_bn == "per_region":
-        raise ValueError("--sync-bn normalises the batch norms over the global batch and local_bn='per_region' "
-                         "over each region of a process's batch: they cannot both hold; drop one")
+    distributed.check_sync_bn(train_cfg.sync_bn, model_cfg.local_bn == "per_region")   # before any file
     seed_everything(train_cfg.seed, train_cfg.deterministic)
     # rank 0 first (it may generate the synthetic data); the barrier also puts every process's
     # check of out_dir above before rank 0 writes to it below

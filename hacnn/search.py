@@ -140,10 +140,10 @@ def _rank_with_index(qf, gallery, index, k: int, metric: str, rerank: bool, shor
     distances, sorted stably; the ``k`` nearest."""
     check_index(index, gallery, k, metric=metric, rerank=rerank)
     qf, gf = _as_features(qf, "qf"), _as_features(gallery, "gallery features")
-    n = min(max(k, shortlist or k), index.ntotal)
+    n = min(shortlist or k, index.ntotal)                            # rank() checked shortlist >= k
     _, found = index.search(qf, n)                                    # (Q, n) gallery rows, -1: none
     found = found.sort(dim=1).values                                  # row order: ties stay in it
-    dist = torch.full(found.shape, float("inf"))                      # (Q, k)
+    dist = torch.full(found.shape, float("inf"))                      # (Q, n)
     for a, rows in enumerate(found):                                  # the exact path's formula, per query
         ok = rows >= 0
         dist[a, ok] = compute_distance_matrix(qf[a:a + 1], gf[rows[ok]], metric)[0].float()
