@@ -80,12 +80,14 @@ def channels_last_copy(model):
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
-def train_step_fn(model, x, y, amp: str = "fp32", iters: int = 1):
+def train_step_fn(model, x, y, amp: str = "fp32", iters: int = 1, fused: bool = False):
     """A callable running ``iters`` training steps: forward in train mode under ``amp``
     (AMP key) autocast, cross-entropy on both heads, backward, Adam (lr 3e-4; a
-    GradScaler for fp16); synchronises a CUDA device at the end."""
+    GradScaler for fp16; ``fused``: PyTorch's fused kernel, as hacnn's
+    ``build_optimizer`` takes, else the per-parameter loop, torchreid's);
+    synchronises a CUDA device at the end."""
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=fused or None)
     device = x.device
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 

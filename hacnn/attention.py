@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvBlock
+from .blocks import ConvBlock, mean_keep_layout
 
 
 class SoftSpatialAttention(nn.Module):
@@ -36,7 +36,7 @@ class SoftSpatialAttention(nn.Module):
         self.conv2 = ConvBlock(1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.mean(1, keepdim=True)                  # (B, 1, H, W)
+        a = mean_keep_layout(x, (1,))                # (B, 1, H, W)
         a = self.conv1(a)                            # (B, 1, H/2, W/2)
         a = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=True)
         return self.conv2(a)                         # (B, 1, H, W)
@@ -56,7 +56,7 @@ class SoftChannelAttention(nn.Module):
         self.conv2 = ConvBlock(in_channels // reduction, in_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.mean((2, 3), keepdim=True)             # (B, C, 1, 1) squeeze
+        a = mean_keep_layout(x, (2, 3))              # (B, C, 1, 1) squeeze
         return self.conv2(self.conv1(a))             # (B, C, 1, 1) excitation
 
 
@@ -98,18 +98,16 @@ def stripe_translations(num_regions: int) -> torch.Tensor:
 
 
 def _no_autocast(device_type: str):
-    """Disable autocast where it exists (the crop is computed in float32)."""
+    """Disable autocast where it exists (the crop is computed in its input's dtype)."""
     if device_type in ("cpu", "cuda", "xpu", "mps"):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
 
-def _linear_weights(p: torch.Tensor, n: int) -> torch.Tensor:
-    """Bilinear weights of source coordinates p (..., m) over n pixels: (..., m, n), zero outside."""
+def _two_taps(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear taps of source coordinates p: the lower pixel index and the weight of the upper one."""
     i0 = p.floor()
-    w1 = (p - i0).unsqueeze(-1)
-    d = torch.arange(n, device=p.device, dtype=p.dtype) - i0.unsqueeze(-1)
-    return (d == 0) * (1 - w1) + (d == 1) * w1
+    return i0.long(), p - i0
 
 
 def region_matrices(t: torch.Tensor, s: float, n: int, m: int) -> torch.Tensor:
@@ -120,16 +118,26 @@ def region_matrices(t: torch.Tensor, s: float, n: int, m: int) -> torch.Tensor:
     which crop pixel i mixes the n input pixels: first the spatial transformer
     (output pixel r of n samples normalised coordinate s*((2r+1)/n - 1) + t,
     ``align_corners=False``, zero padding), then the resize of n -> m pixels
-    (``align_corners=True``). Built in float64 so that the product is exact
-    to float32 rounding.
+    (``align_corners=True``). Crop pixel i reads the two transformer pixels
+    around its resize coordinate, each of which reads two input pixels, so a
+    row has four taps: they are computed for the m rows only and scattered
+    into the dense matrix (never an (n, n) transformer matrix). Built in
+    float64 so that the matrices are exact to float32 rounding; gradients
+    reach t through the bilinear weights, as in ``grid_sample``.
     """
     t = t.double()
-    r = torch.arange(n, device=t.device, dtype=torch.float64)
-    coord = s * ((2 * r + 1) / n - 1) + t.unsqueeze(-1)                 # (B, T, n) in [-1, 1]
-    stn = _linear_weights(((coord + 1) * n - 1) / 2, n)                 # (B, T, n, n)
     u = torch.arange(m, device=t.device, dtype=torch.float64) * ((n - 1) / max(m - 1, 1))
-    resize = _linear_weights(u, n)                                      # (m, n)
-    return (resize @ stn).float()                                       # (B, T, m, n)
+    r0, f = _two_taps(u)                                               # (m,) resize taps
+    r = torch.stack([r0, r0 + 1], dim=-1).double()                     # (m, 2) transformer pixels
+    coord = s * ((2 * r + 1) / n - 1) + t[..., None, None]             # (B, T, m, 2) in [-1, 1]
+    j0, g = _two_taps(((coord + 1) * n - 1) / 2)                       # input taps of each
+    fw = torch.stack([1 - f, f], dim=-1)                               # (m, 2)
+    w = torch.stack([fw * (1 - g), fw * g], dim=-1)                    # (B, T, m, 2, 2)
+    j = torch.stack([j0, j0 + 1], dim=-1)                              # (B, T, m, 2, 2)
+    w = w * ((j >= 0) & (j < n))                                       # zero padding outside
+    out = torch.zeros(*t.shape, m, n, device=t.device, dtype=torch.float64)
+    out = out.scatter_add(-1, j.clamp(0, n - 1).flatten(-2), w.flatten(-2))
+    return out.float()                                                 # (B, T, m, n)
 
 
 class HardRegionalAttention(nn.Module):
@@ -163,7 +171,7 @@ class HardRegionalAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fc is None:
             return self.init_theta.expand(x.shape[0], -1, -1)          # (B, T, 2)
-        theta = torch.tanh(self.fc(x.mean((2, 3))))                    # (B, 2T)
+        theta = torch.tanh(self.fc(mean_keep_layout(x, (2, 3)).flatten(1)))   # (B, 2T)
         return theta.view(x.shape[0], self.num_regions, 2)             # (B, T, 2)
 
     def crop(self, x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -179,19 +187,23 @@ class HardRegionalAttention(nn.Module):
         (size x W) interpolation matrices (:func:`region_matrices`). Gradients
         reach theta through the interpolation weights, as in ``grid_sample``.
         Rows of the result: images major, regions minor.
+
+        The two products run in ``x``'s dtype (the matrices are built in
+        float64 and rounded to it): exact to float32 rounding for a float32
+        input; under bf16 autocast, where ``x`` and the result are bf16
+        anyway, bf16 matrices with float32 accumulation halve the crop's cost
+        at a relative error of a few bf16 ulps (``tests/test_attention.py``).
         """
         B, C, H, W = x.shape
         T, (h, w) = theta.shape[1], size
         with _no_autocast(x.device.type):
-            a_y = region_matrices(theta[..., 1], self.scale[1], H, h)         # (B, T, h, H)
-            a_x = region_matrices(theta[..., 0], self.scale[0], W, w)         # (B, T, w, W)
+            a_y = region_matrices(theta[..., 1], self.scale[1], H, h).to(x.dtype)   # (B, T, h, H)
+            a_x = region_matrices(theta[..., 0], self.scale[0], W, w).to(x.dtype)   # (B, T, w, W)
             if is_channels_last(x):
                 # channels_last: (B, H, W, C) is a free view; two matmuls keep that layout
-                rows = a_y.reshape(B, T * h, H) @ x.float().permute(0, 2, 3, 1).reshape(B, H, W * C)
-                out = (a_x.reshape(B * T, 1, w, W) @ rows.view(B * T, h, W, C)).permute(0, 3, 1, 2)
-            else:
-                out = torch.einsum("bthy,bcyx,btwx->btchw", a_y, x.float(), a_x).reshape(B * T, C, h, w)
-        return out.to(x.dtype)
+                rows = a_y.reshape(B, T * h, H) @ x.permute(0, 2, 3, 1).reshape(B, H, W * C)
+                return (a_x.reshape(B * T, 1, w, W) @ rows.view(B * T, h, W, C)).permute(0, 3, 1, 2)
+            return torch.einsum("bthy,bcyx,btwx->btchw", a_y, x, a_x).reshape(B * T, C, h, w)
 
     def boxes(self, theta: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Regions as (x0, y0, x1, y1) boxes in input-image pixels: (B, T, 4)."""

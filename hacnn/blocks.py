@@ -7,6 +7,7 @@ match torchreid's ``hacnn.py`` so that checkpoints convert by renaming only.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -23,6 +24,76 @@ class ConvBlock(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+def _needs_grad(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-d tensor stored so (and not also plain contiguous), else contiguous."""
+    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+class _BoxMean(torch.autograd.Function):
+    """3x3 average pool (stride 1, zero padding counted) with a depthwise-conv backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.fmt = _layout(x)
+        return F.avg_pool2d(x, 3, stride=1, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # the pool's adjoint is the same 3x3 box mean with zero padding
+        C = grad.shape[1]
+        weight = torch.full((C, 1, 3, 3), 1 / 9, dtype=grad.dtype, device=grad.device)
+        return F.conv2d(grad, weight, padding=1, groups=C).contiguous(memory_format=ctx.fmt)
+
+
+class AvgPool3x3(nn.Module):
+    """3x3 average pool, stride 1, zero padding counted: ``nn.AvgPool2d(3, 1, 1)``.
+
+    The forward is ``avg_pool2d`` itself; only the backward differs: the
+    pool's adjoint, the same box mean, computed as a depthwise convolution,
+    because oneDNN's depthwise kernel is several times faster on CPU than
+    ``avg_pool2d``'s backward (1.2 vs 9.8 ms forward + backward at the first
+    level in bf16 + channels_last, 2.4 vs 7.0 ms in fp32, 2 cores;
+    ``benchmarks/README.md``, "Where the training step's time goes").
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _BoxMean.apply(x) if _needs_grad(x) else F.avg_pool2d(x, 3, stride=1, padding=1)
+
+
+class _MeanKeepLayout(torch.autograd.Function):
+    """``x.mean(dims, keepdim=True)`` whose gradient is laid out like ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, dims):
+        ctx.shape, ctx.n = x.shape, x.shape[2] * x.shape[3] if dims == (2, 3) else x.shape[1]
+        ctx.fmt = _layout(x)
+        return x.mean(dims, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt)
+        return out.copy_((grad / ctx.n).expand(ctx.shape)), None
+
+
+def mean_keep_layout(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``x.mean(dims, keepdim=True)`` over (2, 3) or (1,) of a (B, C, H, W) tensor.
+
+    The same forward; the backward writes the broadcast gradient straight
+    into ``x``'s memory layout. ``mean``'s own backward is a contiguous (NCHW)
+    tensor, and adding that to the channels_last gradients of ``x``'s other
+    uses costs about 15x a plain add in bf16 (``benchmarks/README.md``,
+    "Where the training step's time goes").
+    """
+    if dims not in ((2, 3), (1,)):
+        raise ValueError(f"mean_keep_layout averages over (2, 3) or (1,), got {dims}")
+    return _MeanKeepLayout.apply(x, dims) if _needs_grad(x) else x.mean(dims, keepdim=True)
+
+
 class InceptionA(nn.Module):
     """Inception-A (Fig. 2, "Inception-A"): four streams of width C/4, stride 1.
 
@@ -35,7 +106,7 @@ class InceptionA(nn.Module):
         self.stream1 = nn.Sequential(ConvBlock(in_channels, mid, 1), ConvBlock(mid, mid, 3, p=1))
         self.stream2 = nn.Sequential(ConvBlock(in_channels, mid, 1), ConvBlock(mid, mid, 3, p=1))
         self.stream3 = nn.Sequential(ConvBlock(in_channels, mid, 1), ConvBlock(mid, mid, 3, p=1))
-        self.stream4 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), ConvBlock(in_channels, mid, 1))
+        self.stream4 = nn.Sequential(AvgPool3x3(), ConvBlock(in_channels, mid, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, C_in, H, W) -> (B, C_out, H, W)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 import hacnn
 from hacnn import (HACNN, HACNNConfig, HardRegionalAttention, InceptionA, InceptionB,
                    SoftAttention, SoftChannelAttention, SoftSpatialAttention)
-from hacnn.attention import stripe_translations
-from hacnn.blocks import ConvBlock
+from hacnn.attention import region_matrices, stripe_translations
+from hacnn.blocks import AvgPool3x3, ConvBlock, mean_keep_layout
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,86 @@ def test_inception_shapes():
     assert InceptionA(32, 128)(x).shape == (2, 128, 80, 32)
     assert InceptionB(32, 128)(x).shape == (2, 128, 40, 16)
 
+
+
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_avg_pool_3x3_is_avg_pool2d_with_its_adjoint_as_backward(fmt):
+    """Same forward bit for bit; the gradient is the pool's adjoint (checked in float64), in x's layout."""
+    x = torch.randn(2, 5, 7, 4, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    g = torch.randn(2, 5, 7, 4, dtype=torch.float64)
+    y = AvgPool3x3()(x)
+    assert torch.equal(y, F.avg_pool2d(x, 3, stride=1, padding=1))
+    (grad,) = torch.autograd.grad(y, x, g)
+    # brute force: d y[o] / d x[i] = 1/9 for every o whose 3x3 window holds i (padding counted)
+    ref = torch.zeros_like(g)
+    for i in range(7):
+        for j in range(4):
+            ref[:, :, i, j] = g[:, :, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].sum((2, 3)) / 9
+    torch.testing.assert_close(grad, ref, rtol=0, atol=1e-15)
+    assert grad.is_contiguous(memory_format=fmt)
+    with torch.no_grad():                                      # eval / export: plain avg_pool2d
+        assert torch.equal(AvgPool3x3()(x), y)
+
+
+@pytest.mark.parametrize("fmt", LAYOUTS)
+@pytest.mark.parametrize("dims", [(2, 3), (1,)])
+def test_mean_keep_layout_equals_mean_and_keeps_the_gradient_layout(fmt, dims):
+    x0 = torch.randn(3, 8, 5, 4).contiguous(memory_format=fmt)
+    x, xr = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    y, yr = mean_keep_layout(x, dims), xr.mean(dims, keepdim=True)
+    assert torch.equal(y, yr)
+    g = torch.randn_like(yr)
+    (grad,), (ref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(yr, xr, g)
+    assert torch.equal(grad, ref)                              # the same numbers ...
+    assert grad.is_contiguous(memory_format=fmt)               # ... in x's layout
+    if fmt == torch.channels_last:
+        assert not ref.is_contiguous(memory_format=fmt)        # where mean's own backward is NCHW
+    with pytest.raises(ValueError, match=r"\(2, 3\) or \(1,\)"):
+        mean_keep_layout(x, (3,))
+
+
+def _dense_region_matrices(t, s, n, m):
+    """Reference: the full (n, n) spatial-transformer matrix, then the n -> m resize matrix."""
+    def bilinear(p, size):                                     # (..., k) coordinates -> (..., k, size)
+        i0 = p.floor()
+        d = torch.arange(size, dtype=p.dtype) - i0.unsqueeze(-1)
+        return (d == 0) * (1 - (p - i0)).unsqueeze(-1) + (d == 1) * (p - i0).unsqueeze(-1)
+    r = torch.arange(n, dtype=torch.float64)
+    coord = s * ((2 * r + 1) / n - 1) + t.unsqueeze(-1)
+    u = torch.arange(m, dtype=torch.float64) * ((n - 1) / max(m - 1, 1))
+    return bilinear(u, n) @ bilinear(((coord + 1) * n - 1) / 2, n)
+
+
+@pytest.mark.parametrize("n, m, s", [(80, 24, 0.25), (32, 28, 1.0), (20, 6, 0.25), (12, 5, 0.5),
+                                     (6, 1, 1.0), (5, 9, 1.0)])
+def test_region_matrices_equal_the_dense_transformer_times_resize(n, m, s):
+    """Values and d/dt, for boxes inside, across and outside the image, down- and upsampling."""
+    t = torch.linspace(-1.3, 1.3, 27, dtype=torch.float64).view(3, 9)
+    t[0, :3] = torch.tensor([0.0, -0.75, 0.5], dtype=torch.float64)   # on-pixel coordinates (kinks)
+    w = torch.randn(3, 9, m, n, dtype=torch.float64)
+    got, ref = t.clone().requires_grad_(), t.clone().requires_grad_()
+    a, b = region_matrices(got, s, n, m), _dense_region_matrices(ref, s, n, m).float()
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (a.double() * w).sum().backward()
+    (b.double() * w).sum().backward()
+    torch.testing.assert_close(got.grad, ref.grad, rtol=0, atol=1e-12)
+
+
+def test_crop_under_bf16_autocast_is_bf16_within_a_few_ulps():
+    """Under autocast the crop multiplies in bf16 (float32 accumulation) and returns bf16."""
+    ha = HardRegionalAttention(32, num_regions=4)
+    x = torch.randn(4, 32, 40, 16).contiguous(memory_format=torch.channels_last)
+    theta = torch.rand(4, 4, 2) - 0.5
+    ref = ha.crop(x, theta, (12, 14))
+    assert ref.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ha.crop(x.bfloat16(), theta, (12, 14))
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    err = (out.float() - ref).abs() / ref.abs().clamp_min(1.0)
+    assert err.max() < 4 * 2 ** -8, err.max()      # input, weights and result each rounded to bf16
 
 def test_soft_attention_components_shapes_and_range():
     x = torch.randn(4, 64, 20, 8)

@@ -6,6 +6,7 @@ resume test runs this file as a script in subprocesses (see the bottom).
 """
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import math
@@ -245,6 +246,29 @@ def test_weights_only_checkpoint_cannot_be_resumed(tmp_path):
 
 
 # ----------------------------------------------------------------------------- recipes, RNG
+
+@pytest.mark.parametrize("recipe", ["sgd", "adam"])
+def test_fused_optimizer_steps_equal_the_per_parameter_loop(recipe):
+    """build_optimizer's fused kernel (CPU) takes the same steps as torch's default loop."""
+    cfg = TrainConfig(recipe=recipe, weight_decay=5e-4)
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(5, 3)]
+    models.append(copy.deepcopy(models[0]))
+    w0 = models[0].weight.detach().clone()
+    fused = build_optimizer(models[0], cfg)
+    assert fused.defaults["fused"] is True
+    kind = torch.optim.SGD if recipe == "sgd" else torch.optim.Adam
+    extra = dict(momentum=cfg.momentum) if recipe == "sgd" else dict(betas=(cfg.momentum, 0.999))
+    loop = kind(models[1].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, **extra)
+    x = torch.randn(8, 5)
+    for _ in range(4):
+        for model, opt in zip(models, (fused, loop)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert (models[0].weight - w0).abs().min() > 1e-5                                  # every weight moved
 
 def test_recipes_and_schedules():
     model = torch.nn.Linear(2, 2)
