@@ -124,6 +124,7 @@ def region_matrices(t: torch.Tensor, s: float, n: int, m: int) -> torch.Tensor:
     into the dense matrix (never an (n, n) transformer matrix). Built in
     float64 so that the matrices are exact to float32 rounding; gradients
     reach t through the bilinear weights, as in ``grid_sample``.
+    :func:`dense_region_matrices` builds the same from the definition.
     """
     t = t.double()
     u = torch.arange(m, device=t.device, dtype=torch.float64) * ((n - 1) / max(m - 1, 1))
@@ -138,6 +139,25 @@ def region_matrices(t: torch.Tensor, s: float, n: int, m: int) -> torch.Tensor:
     out = torch.zeros(*t.shape, m, n, device=t.device, dtype=torch.float64)
     out = out.scatter_add(-1, j.clamp(0, n - 1).flatten(-2), w.flatten(-2))
     return out.float()                                                 # (B, T, m, n)
+
+
+def dense_region_matrices(t: torch.Tensor, s: float, n: int, m: int) -> torch.Tensor:
+    """:func:`region_matrices` by their definition, in float64: the full (n, n)
+    spatial-transformer matrix of every region, then the (m, n) resize matrix.
+
+    The reference the tests hold the four-tap construction to, and the
+    version before it (``benchmarks/bench_step_parts.py`` times the two).
+    """
+    def bilinear(p: torch.Tensor, size: int) -> torch.Tensor:     # (..., k) coordinates -> (..., k, size)
+        i0 = p.floor()
+        d = torch.arange(size, device=p.device, dtype=p.dtype) - i0.unsqueeze(-1)
+        return (d == 0) * (1 - (p - i0)).unsqueeze(-1) + (d == 1) * (p - i0).unsqueeze(-1)
+
+    t = t.double()
+    r = torch.arange(n, device=t.device, dtype=torch.float64)
+    coord = s * ((2 * r + 1) / n - 1) + t.unsqueeze(-1)                 # (B, T, n)
+    u = torch.arange(m, device=t.device, dtype=torch.float64) * ((n - 1) / max(m - 1, 1))
+    return bilinear(u, n) @ bilinear(((coord + 1) * n - 1) / 2, n)     # (B, T, m, n)
 
 
 class HardRegionalAttention(nn.Module):
@@ -188,22 +208,29 @@ class HardRegionalAttention(nn.Module):
         reach theta through the interpolation weights, as in ``grid_sample``.
         Rows of the result: images major, regions minor.
 
-        The two products run in ``x``'s dtype (the matrices are built in
-        float64 and rounded to it): exact to float32 rounding for a float32
-        input; under bf16 autocast, where ``x`` and the result are bf16
-        anyway, bf16 matrices with float32 accumulation halve the crop's cost
-        at a relative error of a few bf16 ulps (``tests/test_attention.py``).
+        Precision: the matrices are built in float64. Without a gradient
+        (features, evaluation, export) both products run in float32, whatever
+        ``x``'s dtype, so a bf16 model's crops are exact to float32 before the
+        result is rounded to ``x``'s dtype. While training, they run in ``x``'s
+        dtype: under bf16 autocast, bf16 matrices with float32 accumulation,
+        half the crop's cost at a relative error of a few bf16 ulps
+        (``tests/test_model.py``), where the gradient noise of a step is far
+        larger.
         """
         B, C, H, W = x.shape
         T, (h, w) = theta.shape[1], size
+        training = torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad)
+        dtype = x.dtype if training else torch.float32
         with _no_autocast(x.device.type):
-            a_y = region_matrices(theta[..., 1], self.scale[1], H, h).to(x.dtype)   # (B, T, h, H)
-            a_x = region_matrices(theta[..., 0], self.scale[0], W, w).to(x.dtype)   # (B, T, w, W)
+            a_y = region_matrices(theta[..., 1], self.scale[1], H, h).to(dtype)     # (B, T, h, H)
+            a_x = region_matrices(theta[..., 0], self.scale[0], W, w).to(dtype)     # (B, T, w, W)
             if is_channels_last(x):
                 # channels_last: (B, H, W, C) is a free view; two matmuls keep that layout
-                rows = a_y.reshape(B, T * h, H) @ x.permute(0, 2, 3, 1).reshape(B, H, W * C)
-                return (a_x.reshape(B * T, 1, w, W) @ rows.view(B * T, h, W, C)).permute(0, 3, 1, 2)
-            return torch.einsum("bthy,bcyx,btwx->btchw", a_y, x, a_x).reshape(B * T, C, h, w)
+                rows = a_y.reshape(B, T * h, H) @ x.to(dtype).permute(0, 2, 3, 1).reshape(B, H, W * C)
+                out = (a_x.reshape(B * T, 1, w, W) @ rows.view(B * T, h, W, C)).permute(0, 3, 1, 2)
+            else:
+                out = torch.einsum("bthy,bcyx,btwx->btchw", a_y, x.to(dtype), a_x).reshape(B * T, C, h, w)
+        return out.to(x.dtype)
 
     def boxes(self, theta: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Regions as (x0, y0, x1, y1) boxes in input-image pixels: (B, T, 4)."""

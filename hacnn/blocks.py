@@ -55,9 +55,9 @@ class AvgPool3x3(nn.Module):
 
     The forward is ``avg_pool2d`` itself; only the backward differs: the
     pool's adjoint, the same box mean, computed as a depthwise convolution,
-    because oneDNN's depthwise kernel is several times faster on CPU than
-    ``avg_pool2d``'s backward (1.2 vs 9.8 ms forward + backward at the first
-    level in bf16 + channels_last, 2.4 vs 7.0 ms in fp32, 2 cores;
+    because oneDNN's depthwise kernel is faster on CPU than ``avg_pool2d``'s
+    backward in bf16 + channels_last (forward + backward 2.9 vs 7.6 ms at the
+    first level, 2 cores; about level in fp32: ``benchmarks/bench_step_parts.py``,
     ``benchmarks/README.md``, "Where the training step's time goes").
     """
 
@@ -86,7 +86,7 @@ def mean_keep_layout(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     The same forward; the backward writes the broadcast gradient straight
     into ``x``'s memory layout. ``mean``'s own backward is a contiguous (NCHW)
     tensor, and adding that to the channels_last gradients of ``x``'s other
-    uses costs about 15x a plain add in bf16 (``benchmarks/README.md``,
+    uses costs 16x a plain add in bf16 (``benchmarks/README.md``,
     "Where the training step's time goes").
     """
     if dims not in ((2, 3), (1,)):

@@ -170,8 +170,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     The update is PyTorch's fused kernel (``fused=True``: one pass over all
     parameters) where the parameters' device has one (CPU and CUDA among
     them), the same algorithm as the default per-parameter loop: Adam's step
-    on HA-CNN's 3.1M parameters takes 2.9 instead of 13 ms on 2 CPU cores,
-    2 % of a training step (``benchmarks/README.md``, "Where the training
+    on HA-CNN's 3.1M parameters takes 3.6 instead of 11.2 ms on 2 CPU cores,
+    about 1.5 % of a training step (``benchmarks/README.md``, "Where the training
     step's time goes").
     """
     params = [p for p in model.parameters() if p.requires_grad]

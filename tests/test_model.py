@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import hacnn
 from hacnn import (HACNN, HACNNConfig, HardRegionalAttention, InceptionA, InceptionB,
                    SoftAttention, SoftChannelAttention, SoftSpatialAttention)
-from hacnn.attention import region_matrices, stripe_translations
+from hacnn.attention import dense_region_matrices, region_matrices, stripe_translations
 from hacnn.blocks import AvgPool3x3, ConvBlock, mean_keep_layout
 
 
@@ -62,18 +62,6 @@ def test_mean_keep_layout_equals_mean_and_keeps_the_gradient_layout(fmt, dims):
         mean_keep_layout(x, (3,))
 
 
-def _dense_region_matrices(t, s, n, m):
-    """Reference: the full (n, n) spatial-transformer matrix, then the n -> m resize matrix."""
-    def bilinear(p, size):                                     # (..., k) coordinates -> (..., k, size)
-        i0 = p.floor()
-        d = torch.arange(size, dtype=p.dtype) - i0.unsqueeze(-1)
-        return (d == 0) * (1 - (p - i0)).unsqueeze(-1) + (d == 1) * (p - i0).unsqueeze(-1)
-    r = torch.arange(n, dtype=torch.float64)
-    coord = s * ((2 * r + 1) / n - 1) + t.unsqueeze(-1)
-    u = torch.arange(m, dtype=torch.float64) * ((n - 1) / max(m - 1, 1))
-    return bilinear(u, n) @ bilinear(((coord + 1) * n - 1) / 2, n)
-
-
 @pytest.mark.parametrize("n, m, s", [(80, 24, 0.25), (32, 28, 1.0), (20, 6, 0.25), (12, 5, 0.5),
                                      (6, 1, 1.0), (5, 9, 1.0)])
 def test_region_matrices_equal_the_dense_transformer_times_resize(n, m, s):
@@ -82,25 +70,33 @@ def test_region_matrices_equal_the_dense_transformer_times_resize(n, m, s):
     t[0, :3] = torch.tensor([0.0, -0.75, 0.5], dtype=torch.float64)   # on-pixel coordinates (kinks)
     w = torch.randn(3, 9, m, n, dtype=torch.float64)
     got, ref = t.clone().requires_grad_(), t.clone().requires_grad_()
-    a, b = region_matrices(got, s, n, m), _dense_region_matrices(ref, s, n, m).float()
+    a, b = region_matrices(got, s, n, m), dense_region_matrices(ref, s, n, m).float()
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     (a.double() * w).sum().backward()
     (b.double() * w).sum().backward()
     torch.testing.assert_close(got.grad, ref.grad, rtol=0, atol=1e-12)
 
 
-def test_crop_under_bf16_autocast_is_bf16_within_a_few_ulps():
-    """Under autocast the crop multiplies in bf16 (float32 accumulation) and returns bf16."""
+def test_crop_precision_in_training_and_inference():
+    """Training under bf16 autocast: bf16 products, within a few bf16 ulps of float32.
+    Without a gradient: float32 products, so the bf16 result is the float32 crop rounded once."""
     ha = HardRegionalAttention(32, num_regions=4)
     x = torch.randn(4, 32, 40, 16).contiguous(memory_format=torch.channels_last)
     theta = torch.rand(4, 4, 2) - 0.5
     ref = ha.crop(x, theta, (12, 14))
     assert ref.dtype == torch.float32
+    xb = x.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = ha.crop(x.bfloat16(), theta, (12, 14))
+        out = ha.crop(xb, theta, (12, 14))
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
     err = (out.float() - ref).abs() / ref.abs().clamp_min(1.0)
     assert err.max() < 4 * 2 ** -8, err.max()      # input, weights and result each rounded to bf16
+    assert err.max() > 2 ** -9                     # ... and the products really ran in bf16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inference = ha.crop(xb, theta, (12, 14))
+    exact = ha.crop(xb.detach().float(), theta, (12, 14)).bfloat16()
+    assert inference.dtype == torch.bfloat16 and torch.equal(inference, exact)
+
 
 def test_soft_attention_components_shapes_and_range():
     x = torch.randn(4, 64, 20, 8)
