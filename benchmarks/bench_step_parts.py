@@ -23,17 +23,14 @@ The whole step with all of them is ``bench_training.py``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, set_threads  # noqa: E402
+from common import interleaved_rates, machine, set_threads  # noqa: E402
 
 from hacnn import HACNN  # noqa: E402
 from hacnn.attention import HardRegionalAttention, dense_region_matrices, region_matrices  # noqa: E402
@@ -46,15 +43,7 @@ CROPS = [(24, 28), (12, 14), (6, 7)]
 
 def median_ms(fns: dict, repeats: int) -> dict:
     """Median milliseconds of each callable, timed round-robin after one warm-up call."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return {k: 1e3 / rate for k, rate in interleaved_rates(fns, 1, repeats=repeats).items()}
 
 
 def fwd_bwd(f, x0: torch.Tensor, *extra: torch.Tensor):
