@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvBlock, mean_keep_layout
+from .blocks import ConvBlock, is_channels_last, mean_keep_layout
 
 
 class SoftSpatialAttention(nn.Module):
@@ -79,11 +79,6 @@ class SoftAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.spatial(x) * self.channel(x)        # (B, C, H, W)
         return torch.sigmoid(self.conv(same_layout(a, x)))   # (B, C, H, W) in (0, 1)
-
-
-def is_channels_last(t: torch.Tensor) -> bool:
-    """A 4-d tensor stored channels_last (and not also plain contiguous, as when C == 1)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def same_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,13 @@ def _needs_grad(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d tensor stored channels_last (and not also plain contiguous, as when C == 1)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def _layout(x: torch.Tensor) -> torch.memory_format:
-    """channels_last for a 4-d tensor stored so (and not also plain contiguous), else contiguous."""
-    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if cl else torch.contiguous_format
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
 
 
 class _BoxMean(torch.autograd.Function):
