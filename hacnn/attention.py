@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvBlock, is_channels_last, mean_keep_layout
+from .blocks import ConvBlock, is_channels_last, mean_keep_layout, needs_grad
 
 
 class SoftSpatialAttention(nn.Module):
@@ -93,7 +93,7 @@ def stripe_translations(num_regions: int) -> torch.Tensor:
 
 
 def _no_autocast(device_type: str):
-    """Disable autocast where it exists (the crop is computed in its input's dtype)."""
+    """Disable autocast where it exists (the crop chooses its products' dtype itself)."""
     if device_type in ("cpu", "cuda", "xpu", "mps"):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
@@ -214,8 +214,7 @@ class HardRegionalAttention(nn.Module):
         """
         B, C, H, W = x.shape
         T, (h, w) = theta.shape[1], size
-        training = torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad)
-        dtype = x.dtype if training else torch.float32
+        dtype = x.dtype if needs_grad(x, theta) else torch.float32          # see "Precision" above
         with _no_autocast(x.device.type):
             a_y = region_matrices(theta[..., 1], self.scale[1], H, h).to(dtype)     # (B, T, h, H)
             a_x = region_matrices(theta[..., 0], self.scale[0], W, w).to(dtype)     # (B, T, w, W)

@@ -24,8 +24,9 @@ class ConvBlock(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-def _needs_grad(x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an op on these tensors (grad mode on, one of them requiring grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -65,7 +66,7 @@ class AvgPool3x3(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _BoxMean.apply(x) if _needs_grad(x) else F.avg_pool2d(x, 3, stride=1, padding=1)
+        return _BoxMean.apply(x) if needs_grad(x) else F.avg_pool2d(x, 3, stride=1, padding=1)
 
 
 class _MeanKeepLayout(torch.autograd.Function):
@@ -94,7 +95,7 @@ def mean_keep_layout(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """
     if dims not in ((2, 3), (1,)):
         raise ValueError(f"mean_keep_layout averages over (2, 3) or (1,), got {dims}")
-    return _MeanKeepLayout.apply(x, dims) if _needs_grad(x) else x.mean(dims, keepdim=True)
+    return _MeanKeepLayout.apply(x, dims) if needs_grad(x) else x.mean(dims, keepdim=True)
 
 
 class InceptionA(nn.Module):

@@ -175,8 +175,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     step's time goes").
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    devices = {p.device.type for p in params}
-    fused = bool(params) and devices <= set(_fused_devices()) and all(p.is_floating_point() for p in params)
+    fused = {p.device.type for p in params} <= set(_fused_devices())
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                fused=fused or None)
