@@ -12,8 +12,13 @@
 An *arm* is ``MODEL/RECIPE[/key=value,...]``: ``MODEL`` is ``hacnn`` or
 ``torchreid`` (torchreid's own HACNN code and initialisation, installed
 torchreid package, trained by hacnn's Trainer through
-``run_experiment(build_model=...)``: the same loader, augmentation, P x K
+``run_experiment(build_model=...)``: the same images, augmentation, P x K
 batches, loss, schedule, bf16 autocast + channels_last and threads);
+each model reads its data its own default way: hacnn through its default
+tensor cache (``data_cache="auto"``: decoded once, the same batches bit for
+bit; the decoding's seconds are counted in its images/s), torchreid through
+the JPEG loader (it has no such cache); ``--data-cache`` or an arm's
+``data_cache=...`` sets it;
 ``RECIPE`` names a recipe of ``hacnn.config.RECIPES`` (``default``: the
 package's); the optional ``key=value`` pairs override HACNNConfig fields
 (``init=pytorch``) or TrainConfig fields (``lr=1e-3``,
@@ -44,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TorchreidAsHACNN, machine, set_threads  # noqa: E402
 
-from hacnn.config import RECIPES, HACNNConfig, TrainConfig  # noqa: E402
+from hacnn.config import DATA_CACHES, RECIPES, HACNNConfig, TrainConfig  # noqa: E402
 from hacnn.experiment import DATASET_NAMES, run_experiment  # noqa: E402
 from hacnn.reproducibility import kernel_path  # noqa: E402
 from hacnn.schedule import parse_duration  # noqa: E402
@@ -89,30 +94,44 @@ def parse_arm(arm: str) -> tuple[str, str, dict, dict]:
     return model, recipe, model_kw, train_kw
 
 
+def data_cache_of(model: str, train_kw: dict, option: str | None) -> str:
+    """The arm's ``data_cache``: its own ``data_cache=`` pair, else ``--data-cache``, else the model's
+    default path (hacnn: TrainConfig's, ``auto``; torchreid: the JPEG loader, as it has no tensor cache)."""
+    if "data_cache" in train_kw:
+        return train_kw["data_cache"]
+    if option is not None:
+        return option
+    return TrainConfig.data_cache if model == "hacnn" else "none"
+
+
 def run_arm(arm: str, seed: int, a, budget: float, size: str, cache: Path) -> dict:
+    model, _, model_kw, train_kw = parse_arm(arm)
+    train_kw = {**train_kw, "data_cache": data_cache_of(model, train_kw, a.data_cache)}
     key = {"arm": arm, "seed": seed, "budget_s": budget, "dataset": a.dataset, **PLANNER,
            "root": None if a.root is None else str(a.root.resolve()), "synthetic_size": size,
-           "data_cache": a.data_cache, "quick": a.quick, "kernel": kernel_path()}
+           "data_cache": train_kw["data_cache"], "quick": a.quick, "kernel": kernel_path()}
     if cache.is_file() and not a.force:
         for line in cache.read_text().splitlines():
             row = json.loads(line)
             if row["key"] == key:
                 return row
-    model, _, model_kw, train_kw = parse_arm(arm)
     model_cfg = {**(TINY_MODEL if a.quick else {}), **model_kw}
     start = time.perf_counter()
     run = run_experiment(a.dataset, a.out / arm.replace("/", "_").replace("=", "-") / f"s{seed}",
                          root=a.root, synthetic_size=size, force=True, model=model_cfg or None,
                          device=a.device, progress=False, verbose=False, seed=seed, time_budget=budget,
-                         eval_every=1, workers=a.workers, data_cache=a.data_cache,
+                         eval_every=1, workers=a.workers,
                          build_model=TorchreidAsHACNN if model == "torchreid" else None, **train_kw)
     hist = [r for r in run.history if "epoch_time_s" in r]
     images = sum(r["images_per_s"] * r["epoch_time_s"] for r in hist)
+    # decoding the tensor cache happens before the budget starts: its seconds count in images/s
+    build_s = getattr(getattr(run.trainer.train_loader, "cache", None), "build_s", 0.0)
     plan = run.trainer.plan
     row = {"key": key, "rank1": 100 * run.final["rank1"], "mAP": 100 * run.final["mAP"],
            "epochs": plan["epochs"], "steps": plan["total_steps"], "bound": plan["bound"],
            "steps_per_epoch": plan["steps_per_epoch"],
-           "images_per_s": images / sum(r["epoch_time_s"] for r in hist),
+           "images_per_s": images / (sum(r["epoch_time_s"] for r in hist) + build_s),
+           "cache_build_s": build_s,
            "train_acc": 100 * hist[-1]["acc_global"], "recipe": run.trainer.config.recipe,
            "lr": run.trainer.config.lr, "wall_s": time.perf_counter() - start,
            "when": time.strftime("%Y-%m-%d %H:%M"),
@@ -134,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", choices=DATASET_NAMES, default="synthetic")
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--synthetic-size", default=None, help="default: small (--quick: tiny)")
-    p.add_argument("--data-cache", choices=("none", "memory", "device"), default="none")
+    p.add_argument("--data-cache", choices=DATA_CACHES, default=None,
+                   help="every arm's data path (default: each model's own: hacnn's TrainConfig default, "
+                        "auto; torchreid's JPEG loader); an arm's data_cache=... pair overrides it")
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/bench_budget"))
@@ -163,11 +184,13 @@ def main(argv: list[str] | None = None) -> None:
            "an interval that excludes 0 is beyond seed noise"
     print("\n" + table + "\n" + note)
     if a.table is not None:
+        when = sorted(r["when"][:10] for rs in rows.values() for r in rs)      # rows may come from the cache
+        ran = when[0] if when[0] == when[-1] else f"{when[0]} to {when[-1]}"
         head = (f"`python benchmarks/{Path(__file__).name} {' '.join(argv if argv is not None else sys.argv[1:])}`"
-                f"\n\n{machine()}; {time.strftime('%Y-%m-%d')}; {budget:g} s of training per run.\n\n")
+                f"\n\n{machine()}; runs of {ran}; {budget:g} s of training per run.\n\n")
         a.table.parent.mkdir(parents=True, exist_ok=True)
         a.table.write_text(head + table + "\n" + note + "\n")
-        summary = {"command": head.split("`")[1], "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+        summary = {"command": head.split("`")[1], "machine": machine(), "date": ran,
                    "budget_s": budget, "dataset": a.dataset, "seeds": a.seeds,
                    "arms": {arm: {"rank1": summarize([r["rank1"] for r in rs])._asdict(),
                                   "mAP": summarize([r["mAP"] for r in rs])._asdict(),

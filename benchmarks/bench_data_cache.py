@@ -10,8 +10,9 @@ transforms in ``--workers`` processes, default ``hacnn.data.default_workers()``)
 normalisation on the device; "memory" = cache in host memory, "device" = on the GPU);
 (c) ``Trainer.train_epoch`` over ``--steps`` batches on the default training path
 (``TrainConfig()``: bf16 autocast where native, channels_last) with each, printed
-with ratios against (a) and against today's end-to-end (c, loader). The cache's
-build time is printed once. Both paths give the same batches bit for bit
+with ratios against (a) and against the JPEG loader's epoch (c, loader: the path
+of ``--data-cache none``; the default ``auto`` is the memory cache where it
+fits). The cache's build time is printed once. Both paths give the same batches bit for bit
 (tests/test_tensor_cache.py), so only the time differs.
 """
 from __future__ import annotations
@@ -143,7 +144,7 @@ def main(argv=None) -> None:
     if train_rate:
         base = train_rate["loader"]
         for name, rate in train_rate.items():
-            ratio = "" if name == "loader" else f"   ratio vs today's end-to-end: {rate / base:.2f}x"
+            ratio = "" if name == "loader" else f"   ratio vs the loader's epoch: {rate / base:.2f}x"
             print(f"{'(c) training epoch, ' + name:44s} {rate:9.1f} img/s{ratio}")
         for mode in caches:
             share = train_rate[f"cache ({mode})"] / data_rate[f"cache ({mode})"]

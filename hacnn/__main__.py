@@ -114,7 +114,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--workers", type=int, help="data loader processes (default: cores - 1, at most 4)")
     t.add_argument("--data-cache", choices=DATA_CACHES, default=None,
                    help="decode the training images once into a uint8 tensor in host memory or on the "
-                        "device and augment batches as tensor ops (the same batches; default: none)")
+                        "device and augment batches as tensor ops (the same batches; default: auto = memory "
+                        "where it takes at most half the free memory, else none)")
     t.add_argument("--compile", action="store_true", default=None,
                    help="train through torch.compile (inductor): compiled on the first step, tens of "
                         "seconds on a CPU; see benchmarks/bench_training.py --compile for whether it pays")

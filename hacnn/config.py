@@ -135,7 +135,7 @@ RECIPES: dict[str, dict] = {
 # Fields a recipe may leave out, and their values then.
 RECIPE_FALLBACKS = {"warmup": 0.0, "label_smoothing": 0.0, "triplet_weight": 0.0}
 AMP_MODES = ("auto", None, "none", "bf16", "fp16")
-DATA_CACHES = ("none", "memory", "device")     # TrainConfig.data_cache (hacnn.data.tensor_cache)
+DATA_CACHES = ("auto", "none", "memory", "device")     # TrainConfig.data_cache (hacnn.data.tensor_cache)
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,10 @@ class TrainConfig:
     images once into a uint8 tensor in host memory, ``"device"`` on the
     training device, and augments whole batches as tensor ops
     (:mod:`hacnn.data.tensor_cache`): the same batches bit for bit, faster.
+    ``"auto"`` (default): ``"memory"`` where the cache takes at most half the
+    free host memory, else ``"none"`` without a warning (the same batches
+    either way, so only the speed differs; measured in
+    ``benchmarks/bench_data_cache.py`` and ``bench_budget.py``).
     ``triplet_weight``: weight of the batch-hard triplet loss added to each
     stream (``hacnn.losses.batch_hard_triplet``, margin ``triplet_margin`` on
     L2-normalised features; needs ``num_instances >= 2``); 0: the paper's
@@ -223,7 +227,7 @@ class TrainConfig:
     warmup: float | None = None            # fraction of the run; None: the recipe's, else 0
     time_budget: float | None = None       # seconds of training; None: epochs only
     sync_bn: bool = False                  # multi-process runs: batch norm over the global batch
-    data_cache: str = "none"               # "none", "memory" or "device": see above
+    data_cache: str = "auto"               # "auto", "none", "memory" or "device": see above
     compile: bool = False                  # torch.compile the training forward (and so its backward)
     random_erasing: float = 0.0            # probability of random erasing (Zhong et al. 2020); 0: off
 

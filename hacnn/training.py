@@ -399,6 +399,10 @@ class Trainer:
                         f"{self.plan['epochs']}" + (f" (time budget {cfg.time_budget:g} s; the first "
                         f"{self.plan['offset']} steps measure the throughput at lr 0)"
                         if self.plan["total_steps"] is None and cfg.time_budget else ""))
+            cache = getattr(self.train_loader, "cache", None)          # hacnn.data.tensor_cache
+            if cache is not None:
+                self._print(f"training images decoded once into {cache.device} memory "
+                            f"({cache.nbytes / 2**20:.0f} MiB in {cache.build_s:.1f} s)")
         self._start = time.perf_counter()
         while self.epoch < self.plan["epochs"]:
             row = self.train_epoch()

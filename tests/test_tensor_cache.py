@@ -6,6 +6,7 @@ checked against a per-sample slicing reference written here.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,29 @@ def test_a_cache_that_does_not_fit_falls_back_to_the_loader(items, monkeypatch):
     assert cache_device(cache_bytes(len(items), H, W), "cpu") == torch.device("cpu")   # 18 KiB: fits
 
 
+def test_auto_caches_what_fits_and_quietly_loads_what_does_not(items, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr("hacnn.data.tensor_cache.host_available_bytes", lambda: 20 * 2**20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # "auto" asked for nothing: no warning
+        too_big = build_cached_train_loader(items * 10_000, 8, 2, cache="auto", workers=0, world_size=1, rank=0)
+        fits = build_cached_train_loader(items, 8, 2, cache="auto", workers=0, world_size=1, rank=0,
+                                         height=H, width=W)
+    assert isinstance(too_big, DataLoader) and isinstance(fits, CachedBatches)
+    assert fits.cache.device == torch.device("cpu") and fits.cache.build_s > 0
+
+
+def test_host_memory_must_hold_a_copy_per_process_on_the_host(monkeypatch):
+    needed = cache_bytes(12_936, 160, 64)                    # Market-1501: 379 MiB
+    monkeypatch.setattr("hacnn.data.tensor_cache.host_available_bytes", lambda: 2000 * 2**20)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")              # 758 MiB <= 1000 MiB: fits
+    assert cache_device(needed, "cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")              # 1516 MiB > 1000 MiB
+    with pytest.warns(CacheMemoryWarning, match=r"needs 1516 MiB \(4 processes' copies\) but cpu has 2000 MiB"):
+        assert cache_device(needed, "cpu") is None
+
+
 def test_a_device_too_small_falls_back_to_host_memory(monkeypatch):
     free = {"cuda": 100 * 2**20, "cpu": 10 * 2**30}          # Market-1501: 12,936 x 3 x 160 x 64 B = 379 MiB
     monkeypatch.setattr("hacnn.data.tensor_cache.available_bytes", lambda d: free[torch.device(d).type])
@@ -351,7 +375,7 @@ def test_cli_flag_reaches_the_train_config():
     _train_arguments(parser)
     assert _train_keywords(parser.parse_args(["--data-cache", "memory"]))["data_cache"] == "memory"
     assert _train_keywords(parser.parse_args([]))["data_cache"] is None          # TrainConfig's default
-    assert TrainConfig().data_cache == "none"
+    assert TrainConfig().data_cache == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["--data-cache", "gpu"])
 
@@ -365,7 +389,7 @@ def test_the_run_cache_key_ignores_the_data_cache():
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.filterwarnings("ignore::hacnn.data.DatasetCountWarning")
-def test_experiment_with_the_cache_trains_as_without(tmp_path):
+def test_experiment_with_the_cache_trains_as_without(tmp_path, capsys):
     from fixtures import make_market1501
     from hacnn.experiment import run_experiment
 
@@ -377,8 +401,11 @@ def test_experiment_with_the_cache_trains_as_without(tmp_path):
         Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(path)
     kw = dict(root=root, model=TINY_MODEL, workers=0, epochs=2, eval_every=2, batch_size=8, num_instances=2,
               lr=1e-3, amp="none", progress=False, verbose=False)
-    plain = run_experiment("market1501", tmp_path / "plain", **kw)
-    cached = run_experiment("market1501", tmp_path / "cached", data_cache="memory", **kw)
+    plain = run_experiment("market1501", tmp_path / "plain", data_cache="none", **kw)
+    capsys.readouterr()
+    cached = run_experiment("market1501", tmp_path / "cached", **{**kw, "verbose": True})   # default: "auto"
+    assert re.search(r"training images decoded once into cpu memory \(0 MiB in \d+\.\d s\)",
+                     capsys.readouterr().out)
     assert isinstance(cached.trainer.train_loader, CachedBatches)
     assert isinstance(plain.trainer.train_loader, DataLoader)
     for key in ("loss", "acc_global", "loss_local"):

@@ -13,9 +13,10 @@ epoch, position, index)``, :func:`hacnn.data.loading.sample_seed`); it
 applies them to the whole batch as one gather and one normalisation, on the
 training device. The train transform resizes first and its flip, zero-pad
 and crop only move uint8 pixels, so caching the resized images is exact and
-the batches equal the default loader's bit for bit: caching is a
-speed setting (``TrainConfig.data_cache``) that leaves a run's numbers
-unchanged, whatever the batch, world size or (absent) worker count.
+the batches equal the JPEG loader's bit for bit: caching is a
+speed setting (``TrainConfig.data_cache``; by default ``"auto"``, host
+memory where the cache fits) that leaves a run's numbers unchanged,
+whatever the batch, world size or (absent) worker count.
 
 The cache is stored NCHW (what the resize yields) and a batch is cropped
 and flipped by one ``torch.gather`` over each image's flattened pixels, then
@@ -29,6 +30,7 @@ through ``torch.manual_seed``, which also visits every other device).
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -78,22 +80,36 @@ def available_bytes(device: str | torch.device) -> int | None:
     return None
 
 
-def cache_device(needed: int, device: str | torch.device) -> torch.device | None:
+def host_processes() -> int:
+    """Training processes on this host (torchrun's ``LOCAL_WORLD_SIZE``; 1 outside torchrun)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def cache_device(needed: int, device: str | torch.device, *, warn: bool = True) -> torch.device | None:
     """Where a cache of ``needed`` bytes goes: ``device``, else host memory, else None.
 
-    Each step down warns (:class:`CacheMemoryWarning`) with the bytes needed and available.
+    In host memory every training process on the host holds its own copy
+    (:func:`host_processes`), so that many copies must fit. Each step down
+    warns (:class:`CacheMemoryWarning`) with the bytes needed and available
+    (``warn=False``: silently, for ``data_cache="auto"``, which asked for nothing in particular).
     """
     cpu = torch.device("cpu")
     places = [torch.device(device)] + ([cpu] if torch.device(device) != cpu else [])
     for where, fallback in zip(places, [*places[1:], None]):
         free = available_bytes(where)
-        if free is None or needed <= MEMORY_FRACTION * free:
+        total = needed * (host_processes() if where == cpu else 1)
+        if free is None or total <= MEMORY_FRACTION * free:
             return where
         then = ("caching in host memory instead" if fallback is not None else
                 "training with the normal loader instead (decoding and transforming every epoch)")
-        warnings.warn(f"the training image cache needs {needed / 2**20:.0f} MiB but {where} has "
-                      f"{free / 2**20:.0f} MiB available (the cache may take at most "
-                      f"{MEMORY_FRACTION:.0%} of it): {then}", CacheMemoryWarning, stacklevel=3)
+        copies = f" ({total // needed} processes' copies)" if total > needed else ""
+        if warn:
+            warnings.warn(f"the training image cache needs {total / 2**20:.0f} MiB{copies} but {where} has "
+                          f"{free / 2**20:.0f} MiB available (the cache may take at most "
+                          f"{MEMORY_FRACTION:.0%} of it): {then}", CacheMemoryWarning, stacklevel=3)
     return None
 
 
@@ -104,7 +120,7 @@ class TensorCache:
     Decoding runs in ``workers`` loader processes (default: as the train
     loader's); an unreadable image raises :class:`hacnn.data.ImageReadError`
     naming it. ``device`` holds the tensor (no device-specific call: any
-    ``torch.device``).
+    ``torch.device``). ``build_s``: the seconds the decoding took.
     """
 
     def __init__(self, items: Sequence[Item], height: int = 160, width: int = 64, *,
@@ -118,11 +134,12 @@ class TensorCache:
         self.images = torch.empty((len(self.items), 3, height, width), dtype=torch.uint8,
                                   device=device)                                   # (N, 3, H, W)
         data = ImageDataset(self.items, resize_transform(height, width))
-        start = 0
+        start, began = 0, time.perf_counter()
         loader = _loader(data, batch_size, workers, 0, persistent=False, shuffle=False)
         for images, *_ in tqdm(loader, desc="caching images", disable=not progress, leave=False):
             self.images[start:start + len(images)].copy_(images)
             start += len(images)
+        self.build_s = time.perf_counter() - began
 
     @property
     def nbytes(self) -> int:
@@ -338,13 +355,15 @@ def build_cached_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size:
     device has too little free memory); ``"none"`` or a cache larger than
     :data:`MEMORY_FRACTION` of the free memory (a :class:`CacheMemoryWarning`
     with the numbers): :func:`hacnn.data.build_train_loader` with the same
-    arguments, which yields the same batches.
+    arguments, which yields the same batches. ``"auto"``: ``"memory"`` where
+    it fits, else the normal loader without a warning.
     """
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     items = _items(dataset, "train")
     where = None if cache == "none" else \
-        cache_device(cache_bytes(len(items), height, width), device if cache == "device" else "cpu")
+        cache_device(cache_bytes(len(items), height, width), device if cache == "device" else "cpu",
+                     warn=cache != "auto")
     if where is None:
         return build_train_loader(items, batch_size, num_instances, height=height, width=width,
                                   workers=workers, seed=seed, world_size=world_size, rank=rank,
