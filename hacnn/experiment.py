@@ -126,7 +126,7 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     Under torchrun each process runs this; rank 0 generates missing synthetic data, writes
     and evaluates.
     """
-    from .data import build_train_loader
+    from .data.tensor_cache import build_cached_train_loader
 
     # Everything that can fail on bad input (settings, data, model) is checked before the
     # run folder is made or a previous run deleted: a failed start leaves the folder as it was.
@@ -164,13 +164,11 @@ def run_experiment(dataset: str = "synthetic", out_dir: str | os.PathLike = "run
     h, w = net.config.input_size
     loader = dict(height=h, width=w, workers=train_cfg.workers, seed=train_cfg.seed,
                   random_erasing=train_cfg.random_erasing)
-    if train_cfg.data_cache == "none":
-        train_loader = build_train_loader(data, train_cfg.batch_size, train_cfg.num_instances, **loader)
-    else:           # decoded once, augmented as tensor ops: the same batches (hacnn.data.tensor_cache)
-        from .data.tensor_cache import build_cached_train_loader
-        train_loader = build_cached_train_loader(
-            data, train_cfg.batch_size, train_cfg.num_instances, cache=train_cfg.data_cache, device=device,
-            channels_last=train_cfg.channels_last, progress=progress and distributed.is_main(), **loader)
+    # decoded once and augmented as tensor ops where data_cache asks and it fits, else the JPEG
+    # loader: the same batches either way (hacnn.data.tensor_cache)
+    train_loader = build_cached_train_loader(
+        data, train_cfg.batch_size, train_cfg.num_instances, cache=train_cfg.data_cache, device=device,
+        channels_last=train_cfg.channels_last, progress=progress and distributed.is_main(), **loader)
     query, gallery = _test_loaders(data, net.config, test_batch_size, train_cfg.workers)
     if distributed.is_main():
         prepare_run_folder(out, resume=resume, force=force)
