@@ -22,16 +22,20 @@ the JPEG loader (it has no such cache); ``--data-cache`` or an arm's
 ``RECIPE`` names a recipe of ``hacnn.config.RECIPES`` (``default``: the
 package's); the optional ``key=value`` pairs override HACNNConfig fields
 (``init=pytorch``) or TrainConfig fields (``lr=1e-3``,
-``label_smoothing=0.1``, ``num_instances=1``: plain random batches).
+``label_smoothing=0.1``, ``num_instances=1``: plain random batches); torchreid's
+arms keep torchreid's own K = 4 (:data:`TORCHREID_TRAIN`) unless they set it.
 
 Every run trains with ``--time-budget`` (hacnn.schedule: throughput measured
 over the first steps and again at the end of the warm-up or of the first
 epoch, then the run planned to end with the budget, its lr schedule
 annealing at that end) and is evaluated once at the end. Runs are
 interleaved by seed (a machine that slows down mid-way hurts every arm alike)
-and cached in ``OUT/results.jsonl`` by arm, seed, budget, data, planner and
-kernel path (hacnn.reproducibility.kernel_path), so a table can grow over several
-sittings and an arm that ran once is not run again. The table gives Rank-1
+and cached in ``OUT/results.jsonl`` by arm, its resolved training settings
+(so a row of ``hacnn/default`` under earlier package defaults is not reused),
+seed, budget, data, planner and kernel path (hacnn.reproducibility.kernel_path),
+so a table can grow over several sittings and an arm that ran once is not run
+again. ``--combine A.json B.json`` trains nothing: it pairs arms of published
+tables of one machine, budget, data and seeds. The table gives Rank-1
 and mAP as mean +- sd over seeds, epochs and end-to-end training images/s,
 and every arm's *paired* difference from the first arm with its 95 %
 Student-t interval (hacnn.stats).
@@ -60,6 +64,10 @@ TINY_MODEL = {"channels": (32, 64, 96), "feat_dim": 64, "input_size": (32, 16),
 # The time-budget planner of hacnn.schedule: rows of another planner train another number of
 # steps, so they are not reused (rows without the field: the 13-step plan of before 2026-12-01).
 PLANNER = {"planner": "measured twice"}
+# torchreid's side keeps torchreid's own P x K: K = 4 (its RandomIdentitySampler's num_instances
+# default, and the batches of every torchreid row published here); hacnn's default became K = 2
+# on 2026-12-06. An arm's own num_instances=... pair overrides it.
+TORCHREID_TRAIN = {"num_instances": 4}
 MODEL_FIELDS = {f.name for f in dataclasses.fields(HACNNConfig)}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -91,6 +99,8 @@ def parse_arm(arm: str) -> tuple[str, str, dict, dict]:
         (model_kw if key in MODEL_FIELDS else train_kw)[key] = _value(text)
     if recipe != "default":
         train_kw = {"recipe": recipe, **train_kw}
+    if model == "torchreid":
+        train_kw = {**TORCHREID_TRAIN, **train_kw}
     return model, recipe, model_kw, train_kw
 
 
@@ -109,7 +119,11 @@ def run_arm(arm: str, seed: int, a, budget: float, size: str, cache: Path) -> di
     train_kw = {**train_kw, "data_cache": data_cache_of(model, train_kw, a.data_cache)}
     key = {"arm": arm, "seed": seed, "budget_s": budget, "dataset": a.dataset, **PLANNER,
            "root": None if a.root is None else str(a.root.resolve()), "synthetic_size": size,
-           "data_cache": train_kw["data_cache"], "quick": a.quick, "kernel": kernel_path()}
+           "data_cache": train_kw["data_cache"], "quick": a.quick, "kernel": kernel_path(),
+           # the arm's resolved training settings: a row cached under other package defaults
+           # (the same arm name, e.g. hacnn/default before K = 2) is not reused
+           "train": {k: v for k, v in TrainConfig(**train_kw).to_dict().items() if k != "data_cache"}}
+    key = json.loads(json.dumps(key))           # as a cached row reads back (tuples as lists)
     if cache.is_file() and not a.force:
         for line in cache.read_text().splitlines():
             row = json.loads(line)
@@ -163,7 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="re-run arms found in OUT/results.jsonl")
     p.add_argument("--table", type=Path, default=None, help="also write the table (Markdown) here")
     p.add_argument("--quick", action="store_true", help="tiny synthetic set, reduced model, 20 s a run")
+    p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="train nothing: pair --arms from tables this script published (their .json), "
+                        "which must share the machine and seeds (e.g. torchreid's runs of one day "
+                        "against a later hacnn arm)")
     a = p.parse_args(argv)
+    if a.combine:
+        return combine(a.combine, a.arms, a.table, argv)
     for arm in a.arms:          # every arm checked before anything runs
         parse_arm(arm)
     set_threads(a.threads)
@@ -198,6 +218,40 @@ def main(argv: list[str] | None = None) -> None:
                                             "epochs": _epochs(r)} for r in rs]} for arm, rs in rows.items()}}
         a.table.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
         print(f"wrote {a.table} and {a.table.with_suffix('.json')}")
+
+
+def combine(files: list[Path], arms: list[str], table: Path | None, argv: list[str] | None) -> None:
+    """The table of ``arms`` from published ``.json`` summaries, paired by seed (``--combine``)."""
+    published = []
+    for f in files:
+        try:
+            published.append(json.loads(f.read_text()))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--combine: {f} is not a table this script wrote ({e})")
+    for f, d in zip(files, published):
+        for field in ("machine", "seeds", "budget_s", "dataset"):
+            if d.get(field) != published[0].get(field):
+                raise SystemExit(f"--combine: {f} has {field} {d.get(field)!r}, {files[0]} has "
+                                 f"{published[0].get(field)!r}: only runs of one machine, budget, data "
+                                 "and seeds can be paired")
+    rows = {}
+    for arm in arms:
+        found = [d["arms"][arm]["runs"] for d in published if arm in d.get("arms", {})]
+        if not found:
+            raise SystemExit(f"--combine: no file holds the arm {arm!r} (arms: "
+                             f"{sorted({x for d in published for x in d.get('arms', {})})})")
+        rows[arm] = found[0]
+    seeds = published[0]["seeds"]
+    out = markdown_table(rows, arms[0]) + f"\n{len(seeds)} seeds ({', '.join(map(str, seeds))}); " \
+        "differences paired by seed; an interval that excludes 0 is beyond seed noise"
+    print(out)
+    if table is not None:
+        dates = ", ".join(sorted({d["date"] for d in published}))
+        head = (f"`python benchmarks/{Path(__file__).name} {' '.join(argv if argv is not None else sys.argv[1:])}`"
+                f"\n\n{published[0]['machine']}; runs of {dates} (from {', '.join(map(str, files))}); "
+                f"{published[0]['budget_s']:g} s of training per run.\n\n")
+        table.write_text(head + out + "\n")
+        print(f"wrote {table}")
 
 
 def _epochs(row: dict) -> float:

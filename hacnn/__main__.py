@@ -88,7 +88,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the recipe's; see hacnn.schedule)")
     t.add_argument("--warmup", type=float, help="warm-up as a fraction of the run (default: the recipe's)")
     t.add_argument("--batch-size", type=int, help="images per batch (default: 32)")
-    t.add_argument("--num-instances", type=int, help="images per identity in a batch (default: 4)")
+    t.add_argument("--num-instances", type=int, help="images per identity in a batch (default: 2)")
     t.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: "

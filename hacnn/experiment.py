@@ -50,8 +50,7 @@ PROTOCOLS = {"cuhk03-labeled": "cuhk03", "cuhk03-detected": "cuhk03"}
 # fp32 (not TrainConfig's amp="auto"): the preset's numbers, which the notebooks' committed
 # outputs and CI check, must not depend on whether the CPU computes bf16.
 QUICK_DATA = {"synthetic_size": "small"}
-QUICK_TRAIN = {"epochs": 4, "eval_every": 2, "batch_size": 32, "num_instances": 4, "lr": 1e-3,
-               "amp": "none"}
+QUICK_TRAIN = {"epochs": 4, "eval_every": 2, "batch_size": 32, "lr": 1e-3, "amp": "none"}
 # Model switches of the paper's ablations (Table 6) by their CLI names.
 ABLATIONS = {"no_local": "local_branch", "no_soft": "soft_attention",
              "no_hard": "hard_attention", "no_cail": "cross_attention"}

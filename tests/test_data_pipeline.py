@@ -190,7 +190,8 @@ def test_sampler_argument_checks():
     items = items_from_counts([3, 3])
     with pytest.raises(ValueError, match="multiple of num_instances"):
         RandomIdentitySampler(items, batch_size=6, num_instances=4)
-    with pytest.raises(ValueError, match="2 identities cannot fill"):
+    with pytest.raises(ValueError, match=r"2 identities cannot fill a batch of 3 distinct identities "
+                                         r"\(batch_size 12 / num_instances 4\): train on at least 3"):
         RandomIdentitySampler(items, batch_size=12, num_instances=4)
 
 

@@ -1,13 +1,16 @@
 """The reference protocol's plan and tables (hacnn.reference): what runs, in what order, and
 the paired statistics checked against hand-worked numbers."""
+import json
 import math
 
 import pandas as pd
 import pytest
 
 from hacnn.experiment import VARIANTS
+from hacnn.config import TrainConfig
 from hacnn.reference import (CURVES, LADDER, REFERENCE, SWEEP, Protocol, format_table,
                              paired_table, plan)
+from hacnn.reproduce import RECORDS, run_config
 
 
 def test_plan_holds_every_ladder_and_sweep_run_once_curves_first_seed_by_seed():
@@ -31,7 +34,24 @@ def test_protocol_rejects_what_it_cannot_run():
         Protocol(seeds=())
     with pytest.raises(ValueError, match="sweep's"):
         Protocol(misalignment=0.3)
-    assert REFERENCE.train_settings() == dict(epochs=8, eval_every=2, lr=1e-3, amp="none")
+    assert REFERENCE.train_settings() == dict(epochs=8, eval_every=2, lr=1e-3, amp="none", num_instances=4)
+
+
+def test_published_records_are_the_runs_of_the_protocols_training_settings():
+    # The protocol pins K = 4 (the default when its 32 runs were published); the package default
+    # moved to K = 2, which must not turn the committed records into cache misses (a 3-hour retrain).
+    assert TrainConfig().num_instances != REFERENCE.num_instances == 4
+    records = sorted(RECORDS.glob("*/cache.json"))
+    assert len(records) == 32
+    for path in records:
+        saved = json.loads(path.read_text())["train"]
+        want = run_config("synthetic", synthetic_size="small", seed=saved["seed"],
+                          **REFERENCE.train_settings())["train"]
+        assert saved == json.loads(json.dumps(want, default=str)), path.parent.name
+    # ... which is the pin's doing: without it they would not be found
+    unpinned = {k: v for k, v in REFERENCE.train_settings().items() if k != "num_instances"}
+    default = run_config("synthetic", synthetic_size="small", seed=saved["seed"], **unpinned)["train"]
+    assert saved != json.loads(json.dumps(default, default=str))
 
 
 def test_paired_table_pairs_by_seed_against_a_hand_worked_interval():

@@ -237,10 +237,11 @@ def test_notebook_06_trains_and_evaluates_your_own_folder(tmp_path):
     from hacnn.experiment import evaluate_checkpoint
 
     root = tmp_path / "crops"
-    for k in range(12):                      # 12 people, 6 crops each over 2 cameras: c<k>_<n>.jpg,
+    for k in range(20):                      # 20 people, 6 crops each over 2 cameras: c<k>_<n>.jpg,
         for j in range(6):                   # each person a colour of their own (crops vary a little)
             write_image(root / f"person{k:02d}" / f"c{1 + j % 2}_{j}.jpg",
                         color=((37 * k + 3 * j) % 256, (91 * k + 60) % 256, (53 * k + 2 * j) % 256))
+    # 16 training identities: the default P x K batch of 32 holds 16 identities x 2
     options = {"layout": "identity-folders", "pattern": r"c(?P<camera>\d)_.*", "test_ids": 4,
                "split_seed": 0}
     out = tmp_path / "out"

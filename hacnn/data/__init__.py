@@ -2,7 +2,7 @@
 
 >>> from hacnn.data import build_dataset, build_train_loader    # doctest: +SKIP
 >>> dataset = build_dataset("market1501", root="~/data")       # doctest: +SKIP
->>> loader = build_train_loader(dataset, batch_size=32, num_instances=4, seed=0)  # doctest: +SKIP
+>>> loader = build_train_loader(dataset, batch_size=32, num_instances=2, seed=0)  # doctest: +SKIP
 
 Readers return ``.train``, ``.query``, ``.gallery`` lists of
 ``(path, pid, camid)``; see :mod:`hacnn.data.base` for the conventions.

@@ -151,7 +151,7 @@ def _loader(data: ImageDataset, batch_size: int, workers: int | None, seed: int,
 
 
 def build_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size: int = 32,
-                       num_instances: int = 4, *, height: int = 160, width: int = 64,
+                       num_instances: int = 2, *, height: int = 160, width: int = 64,
                        transform: Callable | None = None, workers: int | None = None,
                        seed: int = 0, world_size: int | None = None, rank: int | None = None,
                        **transform_kwargs) -> DataLoader:

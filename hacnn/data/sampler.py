@@ -51,7 +51,7 @@ class RandomIdentitySampler(Sampler[int]):
             world size must divide ``batch_size``.
     """
 
-    def __init__(self, items: Sequence[Item], batch_size: int = 32, num_instances: int = 4,
+    def __init__(self, items: Sequence[Item], batch_size: int = 32, num_instances: int = 2,
                  seed: int = 0, *, world_size: int = 1, rank: int = 0) -> None:
         if num_instances < 1 or batch_size % num_instances:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of "
@@ -65,7 +65,10 @@ class RandomIdentitySampler(Sampler[int]):
         self.num_pids_per_batch = batch_size // num_instances
         if len(self.pids) < self.num_pids_per_batch:
             raise ValueError(f"{len(self.pids)} identities cannot fill a batch of "
-                             f"{self.num_pids_per_batch} distinct identities")
+                             f"{self.num_pids_per_batch} distinct identities (batch_size {batch_size} / "
+                             f"num_instances {num_instances}): train on at least {self.num_pids_per_batch} "
+                             "identities, or lower batch_size or raise num_instances (--batch-size, "
+                             "--num-instances)")
         self.local_batch_size = shard_size(batch_size, world_size)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")

@@ -274,7 +274,7 @@ class CachedBatches:
     that step for the same cores.
     """
 
-    def __init__(self, cache: TensorCache, batch_size: int = 32, num_instances: int = 4, *,
+    def __init__(self, cache: TensorCache, batch_size: int = 32, num_instances: int = 2, *,
                  seed: int = 0, world_size: int | None = None, rank: int | None = None,
                  device: str | torch.device | None = None, channels_last: bool = True,
                  prefetch: bool = True, **transform_kwargs) -> None:
@@ -341,7 +341,7 @@ class CachedBatches:
 
 
 def build_cached_train_loader(dataset: ReIDDataset | Sequence[Item], batch_size: int = 32,
-                              num_instances: int = 4, *, height: int = 160, width: int = 64,
+                              num_instances: int = 2, *, height: int = 160, width: int = 64,
                               cache: str = "memory", device: str | torch.device = "cpu",
                               workers: int | None = None, seed: int = 0,
                               world_size: int | None = None, rank: int | None = None,
