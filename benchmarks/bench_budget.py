@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
                    help="train nothing: pair --arms from tables this script published (their .json), "
                         "which must share the machine and seeds (e.g. torchreid's runs of one day "
-                        "against a later hacnn arm)")
+                        "against a later hacnn arm); ARM@N takes the arm from the N-th file")
     a = p.parse_args(argv)
     if a.combine:
         return combine(a.combine, a.arms, a.table, argv)
@@ -235,12 +235,14 @@ def combine(files: list[Path], arms: list[str], table: Path | None, argv: list[s
                                  f"{published[0].get(field)!r}: only runs of one machine, budget, data "
                                  "and seeds can be paired")
     rows = {}
-    for arm in arms:
-        found = [d["arms"][arm]["runs"] for d in published if arm in d.get("arms", {})]
+    for label in arms:          # ARM (the first file that holds it) or ARM@N (the N-th file's, from 1)
+        arm, _, nth = label.partition("@")
+        pool = published if not nth else published[int(nth) - 1:int(nth)] if nth.isdigit() else []
+        found = [d["arms"][arm]["runs"] for d in pool if arm in d.get("arms", {})]
         if not found:
-            raise SystemExit(f"--combine: no file holds the arm {arm!r} (arms: "
+            raise SystemExit(f"--combine: no file holds the arm {label!r} (arms: "
                              f"{sorted({x for d in published for x in d.get('arms', {})})})")
-        rows[arm] = found[0]
+        rows[label] = found[0]
     seeds = published[0]["seeds"]
     out = markdown_table(rows, arms[0]) + f"\n{len(seeds)} seeds ({', '.join(map(str, seeds))}); " \
         "differences paired by seed; an interval that excludes 0 is beyond seed noise"

@@ -41,12 +41,14 @@ PROTOCOLS = {"cuhk03-labeled": "cuhk03", "cuhk03-detected": "cuhk03"}
 # 4 epochs of ~31 batches, evaluated after epochs 2 and 4: ~2.5 min on 2 CPU cores.
 # With 24 training identities (the tiny size) a short run mostly learns the cameras'
 # colour casts (its top-1 matches are other people under the query's camera); 100
-# identities make it learn people. Under the default recipe (adam-triplet, init "pytorch"),
-# seed 0: HA-CNN Rank-1 38.0 % / mAP 40.9 % against 24.0 % / 29.3 % for the global-only
-# baseline (under the paper's cross-entropy alone with Kaiming init, as before issue 16:
-# 10.6 / 18.2 against 3.4 / 9.8). Adam at 1e-3 (3x the recipe's 3e-4): a run this short has
-# no schedule to speak of, and 1e-3 gets further (seed 0: 38.0 / 40.9 against 25.1 / 31.9 at
-# 3e-4; the cross-entropy alone on tiny synthetic, 8 epochs: mAP 23.1 % vs 14.3 %).
+# identities make it learn people. Under the default recipe (adam-triplet, init "pytorch",
+# P x K = 16 x 2), seed 0 on an AMD EPYC: HA-CNN Rank-1 35.2 % / mAP 38.3 % against 19.6 % /
+# 24.6 % for the global-only baseline (with the 8 x 4 batches of before 2026-12-06, on an
+# Intel Xeon: 38.0 / 40.9 against 24.0 / 29.3; under the paper's cross-entropy alone with
+# Kaiming init, as before issue 16: 10.6 / 18.2 against 3.4 / 9.8). Adam at 1e-3 (3x the
+# recipe's 3e-4): a run this short has no schedule to speak of, and 1e-3 gets further (8 x 4,
+# seed 0: 38.0 / 40.9 against 25.1 / 31.9 at 3e-4; the cross-entropy alone on tiny synthetic,
+# 8 epochs: mAP 23.1 % vs 14.3 %). P x K follows TrainConfig's default.
 # fp32 (not TrainConfig's amp="auto"): the preset's numbers, which the notebooks' committed
 # outputs and CI check, must not depend on whether the CPU computes bf16.
 QUICK_DATA = {"synthetic_size": "small"}

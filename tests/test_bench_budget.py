@@ -47,6 +47,13 @@ def test_combine_pairs_arms_across_files_by_seed(bench, tmp_path, capsys):
     # differences 2, 1, 3: mean 2, sd 1, half-width t(0.975, 2) / sqrt(3) = 2.484; mAP is half of each
     assert "| 22.0 +- 10.5 |" in row and "+2.0 [-0.5, +4.5]" in row and "+1.0 [-0.2, +2.2]" in row
     assert "hacnn/default |" not in table.read_text()          # only the arms asked for
+    # the same arm name in two files (e.g. hacnn/default under two package defaults): ARM@N picks
+    c = _summary(tmp_path / "c.json", {"hacnn/default": [11.0, 22.0, 29.0]})
+    bench.main(["--combine", str(a), str(c), "--arms", "torchreid/adam", "hacnn/default@2", "hacnn/default@1"])
+    out = capsys.readouterr().out
+    # differences 1, 2, -1: mean 0.67, sd 1.528, half-width 4.3027 * 1.528 / sqrt(3) = 3.795
+    assert "| hacnn/default@2 | 20.7 +- 9.1 |" in out and "+0.7 [-3.1, +4.5]" in out
+    assert "| hacnn/default@1 | 0.0 +- 0.0 |" in out
 
 
 def test_combine_refuses_runs_of_another_machine_or_seeds(bench, tmp_path):
