@@ -5,7 +5,7 @@
 
 Every run is the quick training preset (``python -m hacnn train --quick``:
 the ``small`` synthetic benchmark at the default difficulty, 4 epochs of
-Adam 1e-3, batch 32 = 8 identities x 4, default training path) with one
+Adam 1e-3, batch 32 of P x K = 16 identities x 2 (8 x 4 before 2026-12-06), default training path) with one
 seed, through :func:`hacnn.reproduce.cached_run` (so the notebooks and this
 script share finished runs in ``runs/cache``). It prints, as mean +- sd over
 the seeds:
