@@ -2,10 +2,12 @@
 parameters cells."""
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 from hacnn.paper import PAPER_RESULTS, paper_result
@@ -220,9 +222,12 @@ def test_every_notebook_starts_with_a_parameters_cell(notebook):
     nb = nbformat.read(notebook, as_version=4)
     first = nb.cells[0]
     assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", [])
-    names = {line.split("=")[0].strip() for line in first.source.splitlines()
-             if "=" in line and not line.lstrip().startswith("#")}
+    names = {target.id for node in ast.parse(first.source).body if isinstance(node, ast.Assign)
+             for target in node.targets}
     assert {"quick", "seed", "device", "figures_dir"} <= names, names
+    # what `hacnn reproduce` passes is what papermill finds in the cell: a second "=" on a line (in a
+    # comment, say) hides that parameter from it, and the notebook keeps its default
+    assert set(papermill.inspect_notebook(str(notebook))) == names
 
 
 def test_the_sequence_is_numbered_from_00():
