@@ -311,7 +311,7 @@ def plot_attention_measures(measures, path=None, title: str | None = None):
         x = np.arange(len(soft)) + (k - (len(measures) - 1) / 2) * width
         axes[0].bar(x, soft["share_above_min"], width, color=colour, label=label)
         axes[0].scatter(x, soft["share"], marker="x", color="black", zorder=3,
-                        label="share of a" if k == 0 else None)
+                        label="share of a itself (bars: of a - min a)" if k == 0 else None)
         xr = np.arange(len(regions)) + (k - (len(measures) - 1) / 2) * width
         axes[1].bar(xr, regions["iou"], width, color=colour, label=label)
         r = regions["r_offset"].to_numpy()
