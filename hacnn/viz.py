@@ -296,7 +296,8 @@ def plot_attention_measures(measures, path=None, title: str | None = None):
     """:class:`hacnn.diagnostics.AttentionMeasures` as three panels, one bar per model
     (``measures``: one, or ``{label: measures}``): per level the soft attention's
     share on the person (bars: of ``a - min(a)``; crosses: of ``a``; dashed: the
-    uniform baseline); per level and region the IoU with its part's stripe; and the
+    uniform baseline; "flat" where every map of the level is constant, so that
+    ``a - min(a)`` has no share); per level and region the IoU with its part's stripe; and the
     Pearson r of t_y with the person's offset (95 % intervals). Returns the Figure.
     """
     from .diagnostics import AttentionMeasures
@@ -309,7 +310,10 @@ def plot_attention_measures(measures, path=None, title: str | None = None):
         soft, regions = m.soft_table(), m.region_table()
         colour = f"C{k}"
         x = np.arange(len(soft)) + (k - (len(measures) - 1) / 2) * width
-        axes[0].bar(x, soft["share_above_min"], width, color=colour, label=label)
+        above = soft["share_above_min"].to_numpy()
+        axes[0].bar(x, above, width, color=colour, label=label)
+        for xi in x[np.isnan(above)]:                 # a flat map: a - min(a) is 0, its share undefined
+            axes[0].text(xi, 0.02, "flat", rotation=90, ha="center", va="bottom", fontsize=7, color=colour)
         axes[0].scatter(x, soft["share"], marker="x", color="black", zorder=3,
                         label="share of a itself (bars: of a - min a)" if k == 0 else None)
         xr = np.arange(len(regions)) + (k - (len(measures) - 1) / 2) * width

@@ -2,6 +2,7 @@
 benchmark's ground truth (hacnn.data.synthetic_truth) against its pixels."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -246,3 +247,19 @@ def test_plot_attention_measures(tmp_path):
     heights = [b.get_height() for b in fig.axes[2].patches]
     np.testing.assert_allclose(heights, 1, rtol=1e-6)   # 2 models x 4 regions, r = 1
 
+
+
+def test_plot_attention_measures_marks_flat_levels():
+    """A level whose maps are all constant has no share of a - min(a) (NaN): the figure says "flat" at
+    that bar instead of drawing nothing, and only there."""
+    from hacnn.viz import plot_attention_measures
+
+    levels, truth = following_batch()                         # regions only: no soft maps, shares NaN
+    m = AttentionMeasures(**{k: v.numpy() for k, v in measure_batch(levels, truth).items()})
+    soft = dataclasses.replace(m, share=np.full_like(m.share, 0.4), share_above_min=np.full_like(m.share, 0.3))
+    flat = dataclasses.replace(soft, share_above_min=np.full_like(m.share, np.nan))  # every map constant
+    fig = plot_attention_measures({"soft": soft, "flat": flat})
+    marks = [t for t in fig.axes[0].texts if t.get_text() == "flat"]
+    width = 0.8 / 2
+    assert [t.get_position()[0] for t in marks] == pytest.approx([width / 2])   # level 1, second model
+    assert marks[0].get_color() == "C1"
