@@ -248,7 +248,6 @@ def test_plot_attention_measures(tmp_path):
     np.testing.assert_allclose(heights, 1, rtol=1e-6)   # 2 models x 4 regions, r = 1
 
 
-
 def test_plot_attention_measures_marks_flat_levels():
     """A level whose maps are all constant has no share of a - min(a) (NaN): the figure says "flat" at
     that bar instead of drawing nothing, and only there."""
